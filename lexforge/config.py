@@ -1,0 +1,353 @@
+"""The one job spec that flows through every layer of lexforge.
+
+A :class:`JobSpec` is written as YAML, loaded with :func:`load_spec` (optionally
+with ``dotted.key=value`` CLI overrides) and hashed with :meth:`JobSpec.spec_hash`.
+The hash is logged to MLflow, written into checkpoint lineage and attached to
+Prefect artifacts, so every output can be traced back to the exact spec.
+
+Invalid specs fail with :class:`SpecError`, whose message names the file and the
+field (``hyperparams.learning_rate: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Method = Literal["lora", "qlora", "full"]
+Stage = Literal["sft", "dpo", "grpo"]
+Strategy = Literal["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+#: Where lexforge keeps its local state (stack pid files, logs, models, store).
+DEFAULT_HOME = Path(os.environ.get("LEXFORGE_HOME", Path.home() / ".lexforge")).expanduser()
+
+#: Name of the embedded default base model (converted by ``lexforge models bootstrap``).
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+
+def lexforge_home() -> Path:
+    """The lexforge state directory (``$LEXFORGE_HOME`` or ``~/.lexforge``), read at call time."""
+    return Path(os.environ.get("LEXFORGE_HOME", Path.home() / ".lexforge")).expanduser()
+
+
+class SpecError(ValueError):
+    """A job spec is invalid. The message names the source and the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Strict):
+    base: str = Field(
+        DEFAULT_BASE_MODEL,
+        description="Base model: a local HF directory, a name registered under $LEXFORGE_HOME/models, "
+        "or an HF hub id (only usable where the hub is reachable).",
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer path when it differs from the base model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="auto = flash_attention_2 on CUDA when installed, else sdpa."
+    )
+    trust_remote_code: bool = False
+
+
+class LoraSpec(_Strict):
+    r: int = Field(16, gt=0, le=1024)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    # QLoRA only (bitsandbytes, CUDA).
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+class DataSpec(_Strict):
+    train: str = Field(..., description="Training data: JSONL path or URI (file://, s3://).")
+    validation: str | None = Field(None, description="Validation data; default: a held-out split of train.")
+    format: Literal["auto", "chat", "preference", "grpo"] = "auto"
+    max_seq_len: int = Field(1024, gt=8)
+    on_too_long: Literal["drop", "truncate"] = "drop"
+    strict: bool = Field(False, description="Fail on the first bad row instead of dropping it with a reason.")
+    dedupe: bool = True
+    near_dedupe: bool = True
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 42
+
+
+class HyperParams(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Overrides epochs when set.")
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    per_device_batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Precision = Field("auto", description="auto = bf16 on GPUs that support it, fp32 on CPU.")
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    # DPO
+    dpo_beta: float = Field(0.1, gt=0)
+    # GRPO
+    grpo_num_generations: int = Field(4, ge=2)
+    grpo_max_completion_len: int = Field(64, gt=0)
+    grpo_reward: Literal["exact_match", "rubric", "reference_overlap"] = "exact_match"
+    log_every_n_steps: int = Field(1, gt=0)
+
+
+class ResourceSpec(_Strict):
+    num_workers: int = Field(1, gt=0, description="Ray Train workers (one process per GPU on GPU clusters).")
+    gpus_per_worker: float = Field(0, ge=0)
+    cpus_per_worker: float = Field(1, gt=0)
+    accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. H100 or B200.")
+    ray_address: str | None = Field(None, description="Ray cluster address; None = the embedded local head.")
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class CheckpointSpec(_Strict):
+    every_n_steps: int | None = Field(50, gt=0)
+    every_n_minutes: float | None = Field(None, gt=0)
+    keep_last: int = Field(3, gt=0)
+    async_save: bool = True
+    save_on_preemption: bool = True
+
+    @model_validator(mode="after")
+    def _some_interval(self) -> "CheckpointSpec":
+        if self.every_n_steps is None and self.every_n_minutes is None:
+            raise ValueError("set every_n_steps and/or every_n_minutes: a run without checkpoints cannot resume")
+        return self
+
+
+class EvalSuiteSpec(_Strict):
+    name: str
+    path: str = Field(..., description="LegalBench-layout task directory (tasks/<task>/{train,test}.tsv).")
+    kind: Literal["closed", "open"] = "closed"
+    weight: float = Field(1.0, ge=0)
+
+
+class JudgeSpec(_Strict):
+    base_url: str = Field(..., description="OpenAI-compatible endpoint of the judge model.")
+    model: str
+    api_key_env: str = Field("LEXFORGE_JUDGE_API_KEY", description="Env var holding the judge's key (never logged).")
+
+
+class EvalSpec(_Strict):
+    suites: list[EvalSuiteSpec] = Field(default_factory=list)
+    judge: JudgeSpec | None = None
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(8, gt=0)
+    engine: Literal["auto", "vllm", "transformers"] = "auto"
+    closed_weight: float = Field(0.5, ge=0, le=1, description="Weight of closed tasks in the blended score.")
+
+
+class PromotionSpec(_Strict):
+    registered_model: str = "lexforge-legal"
+    min_improvement: float = Field(0.0, ge=0, description="Challenger must beat champion's blended score by this.")
+    max_suite_regression: float = Field(0.02, ge=0, description="No suite may drop by more than this.")
+    require_not_costlier: bool = False
+    auto_promote: bool = True
+
+
+class StorageSpec(_Strict):
+    root: str = Field(
+        "",
+        description="Store for datasets, checkpoints and outputs: a local path or s3://bucket/prefix. "
+        "Empty = $LEXFORGE_HOME/store.",
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint (MinIO, moto); credentials come from env.")
+
+    def resolved_root(self) -> str:
+        return self.root or str(lexforge_home() / "store")
+
+
+class TrackingSpec(_Strict):
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; None = $MLFLOW_TRACKING_URI or no tracking.")
+    experiment: str = "lexforge"
+
+
+class ServeSpec(_Strict):
+    served_name: str = Field("legal-champion", description="Stable model name clients use; follows @champion.")
+    max_model_len: int = Field(2048, gt=0)
+    max_loras: int = Field(4, gt=0)
+    max_lora_rank: int = Field(64, gt=0)
+    system_prompt: str = (
+        "You are a careful legal assistant for England and Wales. Answer from the statutory text; "
+        "say when the law is unclear; this is not legal advice."
+    )
+
+
+class JobSpec(_Strict):
+    """A fine-tuning job, end to end: data -> train -> eval -> register -> promote -> serve."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Run name; same name resumes.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    method: Method = "lora"
+    stage: Stage = "sft"
+    strategy: Strategy = "ddp"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    data: DataSpec
+    hyperparams: HyperParams = Field(default_factory=HyperParams)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("tags")
+    @classmethod
+    def _no_secret_tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for k in v:
+            if any(s in k.lower() for s in ("secret", "password", "token", "api_key", "apikey")):
+                raise ValueError(f"tag {k!r} looks like a secret; secrets belong in env vars, never in the spec")
+        return v
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "JobSpec":
+        # Fail fast on combinations that cannot work (torchtune style).
+        if self.method == "qlora" and self.strategy == "deepspeed-zero3":
+            raise ValueError("method=qlora cannot be combined with strategy=deepspeed-zero3 (4-bit weights are not "
+                             "partitionable by ZeRO-3); use ddp, fsdp or deepspeed-zero2")
+        if self.hyperparams.precision == "fp16" and self.strategy == "fsdp":
+            raise ValueError("precision=fp16 with strategy=fsdp needs a sharded grad scaler; use bf16 or fp32")
+        if self.stage == "dpo" and self.data.format not in ("auto", "preference"):
+            raise ValueError(f"stage=dpo needs preference data, but data.format={self.data.format!r}")
+        if self.stage == "grpo" and self.data.format not in ("auto", "grpo"):
+            raise ValueError(f"stage=grpo needs prompt+reference data, but data.format={self.data.format!r}")
+        if self.stage == "sft" and self.data.format not in ("auto", "chat"):
+            raise ValueError(f"stage=sft needs chat data, but data.format={self.data.format!r}")
+        if self.resources.accelerator_type and not self.resources.use_gpu:
+            raise ValueError("resources.accelerator_type is set but resources.gpus_per_worker is 0")
+        return self
+
+    # ---- identity -------------------------------------------------------------------------------------------
+    def canonical_json(self) -> str:
+        """Canonical JSON of the spec (sorted keys, defaults included)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical spec, first 16 hex chars; logged everywhere."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def flat_params(self) -> dict[str, str]:
+        """Flattened ``a.b.c -> value`` view, e.g. for MLflow params (the spec holds no secrets)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            if isinstance(obj, dict):
+                for k, v in obj.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = json.dumps(obj) if isinstance(obj, list) else str(obj)
+
+        walk("", self.model_dump(mode="json"))
+        out["spec_hash"] = self.spec_hash()
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---- loading -------------------------------------------------------------------------------------------------
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid job spec {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check spelling; see `lexforge spec --schema`)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise SpecError(f"override {text!r} must look like dotted.key=value (e.g. hyperparams.learning_rate=1e-4)")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise SpecError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    for ov in overrides or []:
+        path, value = _parse_override(ov)
+        node = data
+        for p in path[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise SpecError(f"override {ov!r}: {p!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def spec_from_dict(data: dict[str, Any], source: str = "<dict>", overrides: list[str] | None = None) -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"invalid job spec {source}: top level must be a mapping, got {type(data).__name__}")
+    data = apply_overrides(json.loads(json.dumps(data)), overrides)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_validation_error(e, source)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Load a YAML job spec, apply ``dotted.key=value`` overrides, validate.
+
+    Relative data/eval paths are resolved against the spec file's directory.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"job spec {p} not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"job spec {p}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    spec = spec_from_dict(data or {}, source=str(p), overrides=overrides)
+    return resolve_paths(spec, p.parent)
+
+
+def _resolve(value: str | None, base: Path) -> str | None:
+    if not value or "://" in value or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def resolve_paths(spec: JobSpec, base: Path) -> JobSpec:
+    spec.data.train = _resolve(spec.data.train, base)  # type: ignore[assignment]
+    spec.data.validation = _resolve(spec.data.validation, base)
+    for s in spec.eval.suites:
+        s.path = _resolve(s.path, base)  # type: ignore[assignment]
+    if spec.storage.root and "://" not in spec.storage.root:
+        spec.storage.root = _resolve(spec.storage.root, base) or ""
+    return spec
+
+
+def json_schema() -> dict[str, Any]:
+    return JobSpec.model_json_schema()

@@ -1,0 +1,229 @@
+"""The embedded stack: a local Prefect server (sqlite), MLflow tracking server (sqlite + local or S3
+artifacts) and a Ray head, all on 127.0.0.1, with pid files, logs and health checks.
+
+``lexforge up`` is idempotent (running services are left alone; stale pid files are cleaned up),
+``lexforge down`` stops by PID (whole process group), ``lexforge status`` reports health.
+State lives in ``$LEXFORGE_HOME/stack`` (``stack.json`` holds the ports in use), logs in
+``$LEXFORGE_HOME/logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lexforge.config import lexforge_home
+from lexforge.procs import bin_path, http_ok, pid_alive, spawn, stop_group, wait_http
+
+SERVICES = ("prefect", "mlflow", "ray")
+HOST = "127.0.0.1"
+
+
+@dataclass
+class StackConfig:
+    prefect_port: int = int(os.environ.get("LEXFORGE_PREFECT_PORT", 4200))
+    mlflow_port: int = int(os.environ.get("LEXFORGE_MLFLOW_PORT", 5000))
+    ray_port: int = int(os.environ.get("LEXFORGE_RAY_PORT", 6380))
+    ray_dashboard_port: int = int(os.environ.get("LEXFORGE_RAY_DASHBOARD_PORT", 8265))
+    ray_client_port: int = int(os.environ.get("LEXFORGE_RAY_CLIENT_PORT", 10001))
+    ray_num_cpus: int | None = None
+    mlflow_artifacts: str = ""  # local dir or s3://bucket/prefix; default $LEXFORGE_HOME/mlflow/artifacts
+    home: Path = field(default_factory=lexforge_home)
+
+    # ---- URLs ----
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}/api"
+
+    @property
+    def prefect_ui_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{HOST}:{self.mlflow_port}"
+
+    @property
+    def ray_address(self) -> str:
+        return f"{HOST}:{self.ray_port}"
+
+    @property
+    def ray_dashboard_url(self) -> str:
+        return f"http://{HOST}:{self.ray_dashboard_port}"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home / "stack"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    def env(self) -> dict[str, str]:
+        """Environment a client of this stack needs (Prefect API, MLflow tracking, Ray address)."""
+        return {
+            "PREFECT_API_URL": self.prefect_api_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "RAY_ADDRESS": self.ray_address,
+            "LEXFORGE_RAY_DASHBOARD_URL": self.ray_dashboard_url,
+            "LEXFORGE_HOME": str(self.home),
+        }
+
+
+def _state_file(cfg: StackConfig) -> Path:
+    return cfg.state_dir / "stack.json"
+
+
+def load_config(home: Path | None = None) -> StackConfig:
+    """The config of the running (or last started) stack, else defaults from env."""
+    home = home or lexforge_home()
+    f = home / "stack" / "stack.json"
+    if f.is_file():
+        data = json.loads(f.read_text())
+        data["home"] = Path(data["home"])
+        return StackConfig(**data)
+    return StackConfig(home=home)
+
+
+def _save_config(cfg: StackConfig) -> None:
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    data = asdict(cfg)
+    data["home"] = str(cfg.home)
+    _state_file(cfg).write_text(json.dumps(data, indent=2))
+
+
+def _pid_file(cfg: StackConfig, svc: str) -> Path:
+    return cfg.state_dir / f"{svc}.pid"
+
+
+def read_pid(cfg: StackConfig, svc: str) -> int | None:
+    f = _pid_file(cfg, svc)
+    if not f.is_file():
+        return None
+    try:
+        pid = int(f.read_text().strip())
+    except ValueError:
+        f.unlink(missing_ok=True)
+        return None
+    if not pid_alive(pid):
+        f.unlink(missing_ok=True)  # stale pid file
+        return None
+    return pid
+
+
+def health_url(cfg: StackConfig, svc: str) -> str:
+    return {
+        "prefect": f"{cfg.prefect_api_url}/health",
+        "mlflow": f"{cfg.mlflow_url}/health",
+        "ray": f"{cfg.ray_dashboard_url}/api/version",
+    }[svc]
+
+
+def _command(cfg: StackConfig, svc: str) -> tuple[list[str], dict[str, str]]:
+    home = cfg.home
+    if svc == "prefect":
+        phome = home / "prefect"
+        phome.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PREFECT_HOME": str(phome),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{phome / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_API_HOST": HOST,
+            "PREFECT_UI_API_URL": cfg.prefect_api_url,
+        }
+        return [bin_path("prefect"), "server", "start", "--host", HOST, "--port", str(cfg.prefect_port)], env
+    if svc == "mlflow":
+        mhome = home / "mlflow"
+        mhome.mkdir(parents=True, exist_ok=True)
+        artifacts = cfg.mlflow_artifacts or str(mhome / "artifacts")
+        cmd = [
+            bin_path("mlflow"), "server", "--host", HOST, "--port", str(cfg.mlflow_port),
+            "--backend-store-uri", f"sqlite:///{mhome / 'mlflow.db'}",
+            "--artifacts-destination", artifacts, "--serve-artifacts", "--workers", "1",
+        ]
+        return cmd, {}
+    if svc == "ray":
+        cmd = [
+            bin_path("ray"), "start", "--head", "--block", "--node-ip-address", HOST,
+            "--port", str(cfg.ray_port), "--dashboard-host", HOST, "--dashboard-port", str(cfg.ray_dashboard_port),
+            "--ray-client-server-port", str(cfg.ray_client_port), "--include-dashboard", "true",
+            "--disable-usage-stats", "--temp-dir", str(home / "ray"),
+        ]
+        if cfg.ray_num_cpus:
+            cmd += ["--num-cpus", str(cfg.ray_num_cpus)]
+        return cmd, {"RAY_USAGE_STATS_ENABLED": "0"}
+    raise ValueError(f"unknown service {svc!r}; choose from {SERVICES}")
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    pid: int | None
+    healthy: bool
+    url: str
+    log: str
+
+
+def status(cfg: StackConfig | None = None) -> list[ServiceStatus]:
+    cfg = cfg or load_config()
+    out = []
+    for svc in SERVICES:
+        url = {"prefect": cfg.prefect_ui_url, "mlflow": cfg.mlflow_url, "ray": cfg.ray_dashboard_url}[svc]
+        pid = read_pid(cfg, svc)
+        out.append(ServiceStatus(svc, pid, pid is not None and http_ok(health_url(cfg, svc)), url,
+                                 str(cfg.log_dir / f"{svc}.log")))
+    return out
+
+
+def up(cfg: StackConfig | None = None, services: tuple[str, ...] = SERVICES, timeout: float = 180.0,
+       echo=print) -> StackConfig:
+    """Start the services that are not running; wait until all are healthy. Idempotent."""
+    if cfg is None:
+        running = load_config()
+        cfg = running if any(read_pid(running, s) for s in SERVICES) else StackConfig()
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    _save_config(cfg)
+    started = {}
+    for svc in services:
+        pid = read_pid(cfg, svc)
+        if pid is not None:
+            echo(f"{svc}: already running (pid {pid})")
+            continue
+        cmd, env = _command(cfg, svc)
+        log = cfg.log_dir / f"{svc}.log"
+        proc = spawn(cmd, log, env=env)
+        _pid_file(cfg, svc).write_text(str(proc.pid))
+        started[svc] = (proc, log)
+        echo(f"{svc}: starting (pid {proc.pid}, log {log})")
+    for svc, (proc, log) in started.items():
+        try:
+            wait_http(health_url(cfg, svc), timeout=timeout, proc=proc, log_path=log)
+        except Exception:
+            stop_group(proc.pid)
+            _pid_file(cfg, svc).unlink(missing_ok=True)
+            raise
+        echo(f"{svc}: healthy at {health_url(cfg, svc)}")
+    return cfg
+
+
+def down(cfg: StackConfig | None = None, services: tuple[str, ...] = SERVICES, echo=print) -> None:
+    cfg = cfg or load_config()
+    for svc in reversed(services):
+        pid = read_pid(cfg, svc)
+        if pid is None:
+            echo(f"{svc}: not running")
+            continue
+        stop_group(pid)
+        _pid_file(cfg, svc).unlink(missing_ok=True)
+        echo(f"{svc}: stopped (pid {pid})")
+
+
+def activate_env(cfg: StackConfig | None = None) -> dict[str, str]:
+    """Export the stack's client env vars into this process (unless already set) and return them."""
+    cfg = cfg or load_config()
+    env = cfg.env()
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    return env

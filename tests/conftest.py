@@ -1,0 +1,132 @@
+"""Shared fixtures: real servers (MLflow, moto S3, Prefect, Ray) started per session on free ports and
+stopped by PID; a tiny random Llama with a locally trained tokenizer."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+# Fake AWS credentials for the moto server (never real ones in tests).
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+from lexforge.procs import bin_path, spawn, stop_group, wait_http  # noqa: E402
+from lexforge.testing import build_tiny_llama, free_port  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def lexforge_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("lexforge_home")
+    os.environ["LEXFORGE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(lexforge_home) -> Path:
+    """The real embedded default model (converted from the PyPI GGUF once per session)."""
+    from lexforge.models import bootstrap_smollm2
+
+    return bootstrap_smollm2()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory):
+    """A real S3 API (moto_server) on 127.0.0.1; yields its endpoint URL and sets LEXFORGE_S3_ENDPOINT_URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = spawn([bin_path("moto_server"), "-H", "127.0.0.1", "-p", str(port)], log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/moto-api/", timeout=60, proc=proc, log_path=log)
+        os.environ["LEXFORGE_S3_ENDPOINT_URL"] = url
+        yield url
+    finally:
+        os.environ.pop("LEXFORGE_S3_ENDPOINT_URL", None)
+        stop_group(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (sqlite backend, local artifacts); sets MLFLOW_TRACKING_URI."""
+    d = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = d / "mlflow.log"
+    proc = spawn([
+        bin_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--artifacts-destination", str(d / "artifacts"),
+        "--serve-artifacts", "--workers", "1",
+    ], log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=120, proc=proc, log_path=log)
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        yield url
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        stop_group(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server (sqlite) on a free port; sets PREFECT_API_URL for this process."""
+    d = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    log = d / "prefect.log"
+    env = {
+        "PREFECT_HOME": str(d),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{d / 'prefect.db'}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    proc = spawn([bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env=env)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_http(f"{url}/health", timeout=180, proc=proc, log_path=log)
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        stop_group(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A real Ray head (`ray start --head --block`) on free ports with the jobs API; yields (address, dashboard)."""
+    d = tmp_path_factory.mktemp("ray")
+    gcs, dash, client, agent = free_port(), free_port(), free_port(), free_port()
+    log = d / "ray.log"
+    proc = spawn([
+        bin_path("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
+        "--dashboard-agent-listen-port", str(agent), "--include-dashboard", "true", "--disable-usage-stats",
+        "--num-cpus", "4",
+    ], log, env={"RAY_USAGE_STATS_ENABLED": "0"})
+    dashboard = f"http://127.0.0.1:{dash}"
+    try:
+        wait_http(f"{dashboard}/api/version", timeout=120, proc=proc, log_path=log)
+        yield f"127.0.0.1:{gcs}", dashboard
+    finally:
+        stop_group(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def python_exe() -> str:
+    return sys.executable
