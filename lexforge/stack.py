@@ -21,13 +21,27 @@ SERVICES = ("prefect", "mlflow", "ray")
 HOST = "127.0.0.1"
 
 
+def _env_port(var: str, default: int) -> int:
+    raw = os.environ.get(var)
+    if raw is None:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"{var}={raw!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{var}={port} is out of range 1-65535")
+    return port
+
+
 @dataclass
 class StackConfig:
-    prefect_port: int = int(os.environ.get("LEXFORGE_PREFECT_PORT", 4200))
-    mlflow_port: int = int(os.environ.get("LEXFORGE_MLFLOW_PORT", 5000))
-    ray_port: int = int(os.environ.get("LEXFORGE_RAY_PORT", 6380))
-    ray_dashboard_port: int = int(os.environ.get("LEXFORGE_RAY_DASHBOARD_PORT", 8265))
-    ray_client_port: int = int(os.environ.get("LEXFORGE_RAY_CLIENT_PORT", 10001))
+    prefect_port: int = field(default_factory=lambda: _env_port("LEXFORGE_PREFECT_PORT", 4200))
+    mlflow_port: int = field(default_factory=lambda: _env_port("LEXFORGE_MLFLOW_PORT", 5000))
+    ray_port: int = field(default_factory=lambda: _env_port("LEXFORGE_RAY_PORT", 6380))
+    ray_dashboard_port: int = field(default_factory=lambda: _env_port("LEXFORGE_RAY_DASHBOARD_PORT", 8265))
+    ray_client_port: int = field(default_factory=lambda: _env_port("LEXFORGE_RAY_CLIENT_PORT", 10001))
+    ray_agent_port: int = field(default_factory=lambda: _env_port("LEXFORGE_RAY_AGENT_PORT", 52365))
     ray_num_cpus: int | None = None
     mlflow_artifacts: str = ""  # local dir or s3://bucket/prefix; default $LEXFORGE_HOME/mlflow/artifacts
     home: Path = field(default_factory=lexforge_home)
@@ -149,12 +163,23 @@ def _command(cfg: StackConfig, svc: str) -> tuple[list[str], dict[str, str]]:
             bin_path("ray"), "start", "--head", "--block", "--node-ip-address", HOST,
             "--port", str(cfg.ray_port), "--dashboard-host", HOST, "--dashboard-port", str(cfg.ray_dashboard_port),
             "--ray-client-server-port", str(cfg.ray_client_port), "--include-dashboard", "true",
-            "--disable-usage-stats", "--temp-dir", str(home / "ray"),
+            "--dashboard-agent-listen-port", str(cfg.ray_agent_port),
+            "--disable-usage-stats", "--temp-dir", ray_temp_dir(home),
         ]
         if cfg.ray_num_cpus:
             cmd += ["--num-cpus", str(cfg.ray_num_cpus)]
         return cmd, {"RAY_USAGE_STATS_ENABLED": "0"}
     raise ValueError(f"unknown service {svc!r}; choose from {SERVICES}")
+
+
+def ray_temp_dir(home: Path) -> str:
+    """Ray's session dir holds unix sockets (path limit ~107 bytes): keep it short."""
+    d = home / "ray"
+    if len(str(d)) > 40:
+        import hashlib
+
+        d = Path("/tmp") / f"lexforge-ray-{hashlib.sha256(str(home).encode()).hexdigest()[:8]}"
+    return str(d)
 
 
 @dataclass

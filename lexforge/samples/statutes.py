@@ -197,16 +197,16 @@ PROVISIONS = [
 ]
 
 MCQ = [
-    ("What is the limitation period for an action on a simple contract?", ["One year", "Three years", "Six years", "Twelve years"], "C", "la1980_s5"),
-    ("What is the limitation period for an action upon a specialty such as a deed?", ["Six years", "Twelve years", "Fifteen years", "Three years"], "B", "la1980_s8"),
-    ("Within how many hours should a notifiable personal data breach be reported to the ICO where feasible?", ["24", "48", "72", "96"], "C", "ukgdpr_a33"),
-    ("How many protected characteristics does s.4 of the Equality Act 2010 list?", ["Seven", "Eight", "Nine", "Ten"], "C", "eqa2010_s4"),
-    ("What is the short-term right to reject period under the Consumer Rights Act 2015?", ["14 days", "30 days", "60 days", "6 months"], "B", "cra2015_s22"),
-    ("What is the maximum sentence for theft on indictment?", ["Two years", "Five years", "Seven years", "Ten years"], "C", "ta1968_s7"),
-    ("What is the qualifying period for ordinary unfair dismissal?", ["One month", "One year", "Two years", "Five years"], "C", "era1996_s108"),
-    ("What is the limitation period for libel?", ["One year", "Two years", "Three years", "Six years"], "A", "la1980_s4a"),
-    ("Within how many days must a challenge to an arbitral award under s.67-69 be brought?", ["14", "21", "28", "42"], "C", "aa1996_s70"),
-    ("What is the statutory minimum notice for an employee with 12 or more years' service?", ["Eight weeks", "Ten weeks", "Twelve weeks", "Six months"], "C", "era1996_s86"),
-    ("How long is the cancellation period for a consumer's online purchase of goods?", ["7 days", "14 days", "28 days", "30 days"], "B", "ccr2013_r30"),
-    ("What is the longstop for non-personal-injury latent damage negligence claims?", ["Six years", "Ten years", "Twelve years", "Fifteen years"], "D", "la1980_s14b"),
+    ("A buyer wants to sue for breach of an ordinary written (not under seal) contract. Which limitation period applies?", ["One year", "Three years", "Six years", "Twelve years"], "C", "la1980_s5"),
+    ("A lease covenant contained in a deed was broken. Which limitation period applies to the claim?", ["Six years", "Twelve years", "Fifteen years", "Three years"], "B", "la1980_s8"),
+    ("A firm suffers a risky data breach. Where feasible, within how many hours of becoming aware must it tell the ICO?", ["24", "48", "72", "96"], "C", "ukgdpr_a33"),
+    ("Count the protected characteristics listed in the Equality Act 2010, s.4.", ["Seven", "Eight", "Nine", "Ten"], "C", "eqa2010_s4"),
+    ("For how long after delivery can a consumer usually exercise the short-term right to reject faulty goods?", ["14 days", "30 days", "60 days", "6 months"], "B", "cra2015_s22"),
+    ("A defendant is convicted of one count of theft in the Crown Court. What is the maximum prison term?", ["Two years", "Five years", "Seven years", "Ten years"], "C", "ta1968_s7"),
+    ("How much continuous employment does an employee need before claiming ordinary unfair dismissal?", ["One month", "One year", "Two years", "Five years"], "C", "era1996_s108"),
+    ("A client wants to sue over a libellous blog post. What is the primary limitation period?", ["One year", "Two years", "Three years", "Six years"], "A", "la1980_s4a"),
+    ("A party wants to challenge an arbitral award for serious irregularity. How many days after the award does it have?", ["14", "21", "28", "42"], "C", "aa1996_s70"),
+    ("An employer dismisses an employee with 14 years' continuous service. What minimum notice does statute require?", ["Eight weeks", "Ten weeks", "Twelve weeks", "Six months"], "C", "era1996_s86"),
+    ("A consumer buys a coat online. How long after it arrives may they cancel without giving a reason?", ["7 days", "14 days", "28 days", "30 days"], "B", "ccr2013_r30"),
+    ("A negligent survey caused hidden damage discovered much later. What is the absolute longstop for the claim?", ["Six years", "Ten years", "Twelve years", "Fifteen years"], "D", "la1980_s14b"),
 ]

@@ -1,0 +1,83 @@
+"""The embedded stack really starts, reports health, is idempotent, handles stale pid files and stops."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lexforge.procs import http_ok
+from lexforge.testing import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "lexforge.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture()
+def stack_env(tmp_path):
+    env = dict(os.environ)
+    env.update({
+        "LEXFORGE_HOME": str(tmp_path / "home"),
+        "LEXFORGE_PREFECT_PORT": str(free_port()),
+        "LEXFORGE_MLFLOW_PORT": str(free_port()),
+        "LEXFORGE_RAY_PORT": str(free_port()),
+        "LEXFORGE_RAY_DASHBOARD_PORT": str(free_port()),
+        "LEXFORGE_RAY_CLIENT_PORT": str(free_port()),
+        "LEXFORGE_RAY_AGENT_PORT": str(free_port()),
+    })
+    yield env
+    _cli("down", env=env)
+
+
+def test_up_status_idempotent_down(stack_env, tmp_path):
+    r = _cli("up", env=stack_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"PREFECT_API_URL=http://127.0.0.1:{stack_env['LEXFORGE_PREFECT_PORT']}/api" in r.stdout
+    st = _cli("status", "--json", env=stack_env)
+    assert st.returncode == 0, st.stdout + st.stderr
+    services = {s["name"]: s for s in json.loads(st.stdout)}
+    assert set(services) == {"prefect", "mlflow", "ray"} and all(s["healthy"] for s in services.values())
+    pids = {k: v["pid"] for k, v in services.items()}
+
+    # up twice: nothing restarted
+    r2 = _cli("up", env=stack_env)
+    assert r2.returncode == 0 and "already running" in r2.stderr
+    again = {s["name"]: s["pid"] for s in json.loads(_cli("status", "--json", env=stack_env).stdout)}
+    assert again == pids
+
+    # all bound to loopback
+    assert http_ok(f"http://127.0.0.1:{stack_env['LEXFORGE_MLFLOW_PORT']}/health")
+
+    d = _cli("down", env=stack_env)
+    assert d.returncode == 0
+    st = _cli("status", "--json", env=stack_env)
+    assert st.returncode == 1
+    assert not any(s["healthy"] for s in json.loads(st.stdout))
+    for pid in pids.values():
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
+
+
+def test_stale_pid_file_is_ignored(stack_env, tmp_path):
+    state = tmp_path / "home" / "stack"
+    state.mkdir(parents=True)
+    # a pid that cannot be alive
+    (state / "mlflow.pid").write_text("999999999")
+    from lexforge import stack
+
+    os.environ_backup = dict(os.environ)
+    cfg = stack.StackConfig(home=tmp_path / "home")
+    assert stack.read_pid(cfg, "mlflow") is None
+    assert not (state / "mlflow.pid").exists()
+
+
+def test_bad_port_env_is_a_clear_error(monkeypatch):
+    from lexforge import stack
+
+    monkeypatch.setenv("LEXFORGE_MLFLOW_PORT", "fivethousand")
+    with pytest.raises(ValueError, match="LEXFORGE_MLFLOW_PORT"):
+        stack.StackConfig()
