@@ -1,0 +1,3 @@
+from lexforge.plan.cli import main
+
+main()
