@@ -1,0 +1,52 @@
+"""``lexforge eval SPEC [--adapter PATH] [--label NAME]``: run the eval gate and print the leaderboard row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_cmd(
+        spec_path: Path = typer.Argument(..., help="Job spec YAML (eval.suites, eval.judge, ...)"),
+        adapter: Optional[Path] = typer.Option(None, help="PEFT adapter directory to evaluate on the base model"),
+        label: str = typer.Option("candidate", help="Name of this model in the report (file runs/<name>/eval/<label>.json)"),
+        base_model: Optional[str] = typer.Option(None, help="Base model [spec model.base]"),
+        cost_per_hour: Optional[float] = typer.Option(None, help="Serving cost in USD/hour (else from the planner)"),
+        engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers [spec eval.engine]"),
+        override: list[str] = typer.Option([], "--set", "-s", help="dotted.key=value spec override (repeatable)"),
+        as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON on stdout"),
+    ) -> None:
+        """Evaluate a model (+adapter) on the spec's held-out LegalBench-layout suites."""
+        from lexforge.config import SpecError, load_spec
+        from lexforge.evaluate import EvalError, run_eval
+        from lexforge.evaluate.tasks import TaskError
+
+        try:
+            spec = load_spec(spec_path, override + ([f"eval.engine={engine}"] if engine else []))
+        except SpecError as e:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2)
+        from rich.progress import Progress
+
+        try:
+            with Progress(console=console, transient=True) as prog:
+                task = prog.add_task(f"generating ({label})", total=None)
+                report = run_eval(spec, base_model or spec.model.base, str(adapter) if adapter else None, label,
+                                  cost_per_hour=cost_per_hour,
+                                  progress=lambda done, total: prog.update(task, completed=done, total=total))
+        except (EvalError, TaskError, ValueError, FileNotFoundError) as e:
+            console.print(f"[red]eval failed: {e}[/]")
+            raise typer.Exit(2)
+        if as_json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            print(report.to_markdown())
+        console.print(report.summary_line())
