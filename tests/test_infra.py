@@ -417,7 +417,51 @@ def test_metrics_contract_lists_the_required_metrics():
         "lexforge_checkpoint_stall_seconds": "histogram",
         "DCGM_FI_DEV_GPU_UTIL": "gauge",
         "lexforge_request_latency_seconds": "histogram",
+        "lexforge_requests_total": "counter",
     }
+
+
+def contract_labels() -> dict[str, set[str]]:
+    section = (INFRA / "README.md").read_text().split("## Metrics contract", 1)[1]
+    rows = re.findall(r"^\| `([A-Za-z_:][A-Za-z0-9_:]*)` \| \w+ \| ([^|]*) \|", section, re.M)
+    return {name: set(re.findall(r"`(\w+)`", labels)) for name, labels in rows}
+
+
+def metric_definitions(py: Path):
+    """(name, labels) of every prometheus_client / ray.util.metrics metric constructed in a Python file."""
+    import ast
+
+    for node in ast.walk(ast.parse(py.read_text(errors="replace"))):
+        if not isinstance(node, ast.Call):
+            continue
+        fname = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+        if fname not in ("Counter", "Gauge", "Histogram", "Summary") or not node.args:
+            continue
+        if not (isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            continue
+        labels_node = node.args[2] if len(node.args) > 2 else None
+        for kw in node.keywords:
+            if kw.arg in ("labelnames", "tag_keys"):
+                labels_node = kw.value
+        labels = set()
+        if isinstance(labels_node, (ast.List, ast.Tuple)):
+            labels = {e.value for e in labels_node.elts if isinstance(e, ast.Constant)}
+        yield node.args[0].value, labels
+
+
+def test_code_that_emits_contract_metrics_uses_the_contract_labels():
+    """Whoever registers a contract metric (prometheus_client or ray.util.metrics) must use its documented labels,
+    or the dashboard's `sum by (...)` silently shows nothing."""
+    labels = contract_labels()
+    seen = {}
+    for py in sorted((ROOT / "lexforge").rglob("*.py")):
+        for name, got in metric_definitions(py):
+            if name in labels:
+                assert got == labels[name], f"{_rel(py)}: {name} has labels {sorted(got)}, contract {sorted(labels[name])}"
+                seen[name] = _rel(py)
+    # The serving app exists and exports its contract metrics; report which training metrics have an emitter.
+    assert "lexforge_request_latency_seconds" in seen, "serving no longer registers lexforge_request_latency_seconds"
+    print("contract metrics found in code:", seen)
 
 
 def test_grafana_dashboard_uses_only_contract_metrics_and_covers_them_all():
