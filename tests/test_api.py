@@ -36,14 +36,15 @@ FLOW_SCRIPT = textwrap.dedent('''
     from prefect import flow, get_run_logger
 
     @flow(name="%(flow)s")
-    def retrain(spec: dict):
-        from lexforge.config import spec_from_dict
+    def retrain(spec_path: str, overrides: list[str] | None = None, train_retries: int = 2, deploy: bool = True):
+        from lexforge.config import load_spec
         from lexforge.storage import store_for_spec
 
         logger = get_run_logger()
-        s = spec_from_dict(spec)
+        s = load_spec(spec_path, overrides)
         store = store_for_spec(s)
-        store.put_bytes(f"runs/{s.name}/received_spec.json", json.dumps(spec).encode())
+        store.put_bytes(f"runs/{s.name}/received_spec.json", json.dumps(
+            {"spec": s.model_dump(mode="json"), "deploy": deploy}).encode())
         logger.info("training %%s from %%s", s.name, s.data.train)
         suffix = s.tags.get("api_suffix")
         if suffix == "boom":
@@ -163,6 +164,7 @@ def api_settings(prefect_server, lexforge_home, tmp_path_factory):
     return ApiSettings(
         api_keys=(API_KEY, "sk-second-key"), store_root=str(d / "store"), db_path=d / "meta" / "api.db",
         max_file_bytes=256 * 1024, prefect_api_url=prefect_server, deployment=f"{TEST_FLOW}/{TEST_DEPLOYMENT}",
+        run_parameters={"deploy": False},
         serve_url="", poll_interval_s=1.0)
 
 
@@ -248,7 +250,7 @@ def test_invalid_file_is_rejected_with_the_checker_report(client):
     assert problems and all(isinstance(p["line"], int) and p["reason"] for p in problems)
     assert f"line {problems[0]['line']}" in err["message"]
 
-    with pytest.raises(openai.BadRequestError, match="not valid JSON"):
+    with pytest.raises(openai.BadRequestError, match="cannot detect the data format"):
         upload(client, b'{"messages": [}\n')
 
 
@@ -316,7 +318,9 @@ def test_job_runs_to_success_with_events_checkpoints_and_results(client, base_mo
 
     # the flow received the JobSpec built from the request
     store = Path(api_settings.store_root)
-    spec = json.loads((store / "runs" / job.id / "received_spec.json").read_text())
+    received = json.loads((store / "runs" / job.id / "received_spec.json").read_text())
+    spec = received["spec"]
+    assert received["deploy"] is False and spec["promotion"]["auto_promote"] is False  # the champion stays put
     assert spec["name"] == job.id and spec["stage"] == "sft" and spec["hyperparams"]["epochs"] == 2
     assert spec["hyperparams"]["learning_rate"] == pytest.approx(HyperParams().learning_rate * 0.5)
     assert spec["hyperparams"]["per_device_batch_size"] == 2 and spec["hyperparams"]["seed"] == 7

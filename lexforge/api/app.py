@@ -155,10 +155,11 @@ def create_app(settings: ApiSettings | None = None, start_poller: bool = True) -
         return service.serve
 
     @app.get("/v1/models", dependencies=[auth])
-    def list_models() -> dict[str, Any]:
+    def list_models(request: Request) -> dict[str, Any]:
         if service.serve is not None:
             try:
-                r = service.serve.http.get("/v1/models", timeout=30)
+                r = service.serve.http.get("/v1/models", timeout=30,
+                                           headers=service.serve.inference_headers(request.headers.get("authorization")))
                 if r.status_code < 400:
                     return r.json()
             except httpx.HTTPError as e:
@@ -170,7 +171,8 @@ def create_app(settings: ApiSettings | None = None, start_poller: bool = True) -
     async def _proxy(request: Request, path: str) -> Response:
         serve = _serve()
         body = await request.body()
-        client = httpx.AsyncClient(base_url=serve.base_url, headers=dict(serve.http.headers), timeout=600)
+        client = httpx.AsyncClient(base_url=serve.base_url, timeout=600,
+                                   headers=serve.inference_headers(request.headers.get("authorization")))
         try:
             upstream = await client.send(
                 client.build_request("POST", path, content=body, headers={"content-type": "application/json"}),

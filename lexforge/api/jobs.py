@@ -135,7 +135,8 @@ def build_spec(job_id: str, req: JobCreate, *, base_model_path: str, train_uri: 
     data: dict[str, Any] = {"train": train_uri, "format": data_format, "seed": seed}
     if validation_uri:
         data["validation"] = validation_uri
-    raw: dict[str, Any] = {"name": job_id, "data": data}
+    # API jobs never auto-promote into the serving champion (a site can override this)
+    raw: dict[str, Any] = {"name": job_id, "data": data, "promotion": {"auto_promote": False}}
     site = spec_from_dict(raw, "site defaults", list(overrides)).model_dump(mode="json") if overrides else raw
     site["name"] = job_id
     site["stage"] = {"supervised": "sft", "dpo": "dpo"}[mtype]

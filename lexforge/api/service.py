@@ -59,7 +59,8 @@ class FineTuningService:
         self.db = ApiDB(settings.db_path)
         self.store = open_store(settings.resolved_store_root(), endpoint_url=settings.s3_endpoint_url)
         self._orch: PrefectJobs | None = None
-        self.serve = ServeClient(settings.serve_url, settings.serve_api_key) if settings.serve_url else None
+        self.serve = (ServeClient(settings.serve_url, settings.serve_api_key, settings.serve_admin_key)
+                      if settings.serve_url else None)
         self._refresh_lock = threading.RLock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -207,6 +208,7 @@ class FineTuningService:
             store_root=self.store.uri, s3_endpoint_url=s.s3_endpoint_url, overrides=s.spec_overrides)
         spec_key = f"api/jobs/{job_id}/spec.yaml"
         self.store.put_bytes(spec_key, spec.to_yaml().encode())
+        spec_path = self._local_spec_path(spec_key, spec)
         created = _now()
         self.db.insert("jobs", {
             "id": job_id, "created_at": created, "model": req.model, "training_file": req.training_file,
@@ -218,7 +220,7 @@ class FineTuningService:
         self._event(job_id, "validating", f"Validating training file: {req.training_file}"
                     + (f" and validation file: {req.validation_file}" if req.validation_file else ""))
         try:
-            run = self.orchestrator.create_run({s.spec_parameter: spec.model_dump(mode="json")}, name=job_id,
+            run = self.orchestrator.create_run({**s.run_parameters, "spec_path": spec_path}, name=job_id,
                                                tags=["lexforge-api", job_id])
         except OrchestratorError as e:
             self.db.delete("jobs", job_id)
@@ -449,6 +451,17 @@ class FineTuningService:
             "purpose": "fine-tune-results", "status": "processed", "status_details": None, "store_key": key,
             "sha256": hashlib.sha256(data).hexdigest(), "report": None})
         return file_id
+
+    def _local_spec_path(self, spec_key: str, spec) -> str:
+        """The spec file the flow loads: the store copy when the store is local, else a copy next to the db
+        (flows load specs from a filesystem path)."""
+        local = getattr(self.store, "local_path", None)
+        if local is not None:
+            return str(local(spec_key))
+        path = self.settings.db_path.parent / "specs" / f"{spec.name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(spec.to_yaml(), encoding="utf-8")
+        return str(path)
 
     # ---- helpers --------------------------------------------------------------------------------------------
     def _event(self, job_id: str, kind: str, message: str, level: str = "info", data: dict | None = None) -> None:

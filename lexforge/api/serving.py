@@ -14,12 +14,19 @@ class ServeError(RuntimeError):
 
 
 class ServeClient:
-    def __init__(self, base_url: str, api_key: str = "", timeout: float = 600.0):
+    def __init__(self, base_url: str, api_key: str = "", admin_key: str = "", timeout: float = 600.0):
         self.base_url = base_url.rstrip("/")
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[: -len("/v1")]
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=self._headers)
+        self._api_key = api_key
+        self._admin_headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def inference_headers(self, caller_authorization: str | None) -> dict[str, str]:
+        """Our own serve key when configured, else the caller's Bearer header (shared LEXFORGE_API_KEYS)."""
+        if self._api_key:
+            return {"Authorization": f"Bearer {self._api_key}"}
+        return {"Authorization": caller_authorization} if caller_authorization else {}
 
     def close(self) -> None:
         self.http.close()
@@ -29,7 +36,7 @@ class ServeClient:
         if base_model:
             body["base_model"] = base_model
         try:
-            r = self.http.post("/admin/adapters", json=body, timeout=300)
+            r = self.http.post("/admin/adapters", json=body, headers=self._admin_headers, timeout=300)
         except httpx.HTTPError as e:
             raise ServeError(f"serving app {self.base_url} unreachable: {type(e).__name__}: {e}") from None
         if r.status_code >= 400:

@@ -5,6 +5,7 @@ Secrets (API keys, the serve admin key) are held here but never logged: ``__repr
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +43,18 @@ class ApiSettings:
     max_file_bytes: int = field(default_factory=lambda: _env_int("LEXFORGE_API_MAX_FILE_BYTES", 512 * 1024 * 1024))
     #: Prefect API (``PREFECT_API_URL``) and the deployment a job runs as (``flow_name/deployment_name``).
     prefect_api_url: str = field(default_factory=lambda: os.environ.get("PREFECT_API_URL", ""))
-    deployment: str = field(default_factory=lambda: os.environ.get("LEXFORGE_API_DEPLOYMENT", "retrain/retrain"))
-    #: Name of the deployment parameter that receives the job spec (a JSON dict).
-    spec_parameter: str = field(default_factory=lambda: os.environ.get("LEXFORGE_API_SPEC_PARAM", "spec"))
+    deployment: str = field(default_factory=lambda: os.environ.get("LEXFORGE_API_DEPLOYMENT",
+                                                                   "retrain/lexforge-retrain"))
+    #: Flow run parameters besides ``spec_path`` (JSON; ``LEXFORGE_API_RUN_PARAMS``). API jobs do not switch
+    #: the serving champion: their model is served under its own ``fine_tuned_model`` name.
+    run_parameters: dict = field(default_factory=lambda: json.loads(
+        os.environ.get("LEXFORGE_API_RUN_PARAMS", "") or '{"deploy": false}'))
     #: Ray Serve app (OpenAI-compatible); finished adapters are registered there and chat is proxied to it.
     serve_url: str = field(default_factory=lambda: os.environ.get("LEXFORGE_SERVE_URL", ""))
+    #: Key for the serve app's inference routes; empty = forward the caller's own Bearer key.
     serve_api_key: str = field(default_factory=lambda: os.environ.get("LEXFORGE_SERVE_API_KEY", ""), repr=False)
+    #: Key for the serve app's admin routes (adapter registration).
+    serve_admin_key: str = field(default_factory=lambda: os.environ.get("LEXFORGE_SERVE_ADMIN_KEY", ""), repr=False)
     #: Base models clients may name (comma separated); empty = every model under $LEXFORGE_HOME/models.
     allowed_models: tuple[str, ...] = field(default_factory=lambda: tuple(
         m.strip() for m in os.environ.get("LEXFORGE_API_MODELS", "").split(",") if m.strip()))
