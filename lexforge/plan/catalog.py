@@ -255,8 +255,11 @@ def arch_from_hf_config(cfg: dict, name: str = "config.json", source: str = "con
     else:
         kvr = rope = None
         attn = h * nh * hd + 2 * h * nkv * hd + nh * hd * h
-        if cfg.get("attention_bias"):
+        mt = str(cfg.get("model_type", ""))
+        if cfg.get("attention_bias") or mt.startswith("qwen2"):  # Qwen2 always has q/k/v biases
             attn += nh * hd + 2 * nkv * hd
+        if mt.startswith("qwen3") or mt.startswith("gemma3"):  # per-head q/k RMSNorm
+            attn += 2 * hd
         attn_linears = [(h, nh * hd), (h, nkv * hd), (h, nkv * hd), (nh * hd, h)]
 
     # experts

@@ -232,7 +232,7 @@ def plan_serving(
             reasons.append(f"fits on one {g.name}")
         else:
             reasons.append(f"smallest valid layout that fits: TP={tp} x PP={pp} ({tp * pp} x {g.name})")
-    reasons += [w for w in tp_invalid if int(w.split(":")[0].split("=")[1]) <= tp]
+    reasons += tp_invalid
     n = tp * pp
     nodes = -(-n // g.gpus_per_node)
     free_for_kv = usable - weights / n - reserve
@@ -244,7 +244,7 @@ def plan_serving(
     return ServePlan(
         model=m.name, gpu=g.name, precision=prec, kv_dtype=kv_dtype, context_len=context_len,
         concurrency=concurrency, fits=fits, tensor_parallel=tp, pipeline_parallel=pp, num_gpus=n, nodes=nodes,
-        weights_gb=round(weights / GB, 2), kv_cache_gb=round(kv_seq * concurrency / GB, 2),
+        weights_gb=round(weights / GB, 2), kv_cache_gb=round(kv_seq * concurrency / GB, 6),
         kv_bytes_per_token=round(kv_seq / ctx_tokens, 1), recurrent_state_gb=round(state_seq * concurrency / GB, 2),
         memory_per_gpu_gb=round(mem / GB, 2), usable_per_gpu_gb=round(usable / GB, 2),
         reserve_per_gpu_gb=reserve_gb, gpu_memory_utilization=gpu_memory_utilization,

@@ -400,7 +400,7 @@ def plan_finetune(
         accelerator_type=g.ray_accelerator_type, nodes=-(-n // per_node) if fits else 0,
         budget_per_gpu_gb=round(x.budget / GB, 2),
         memory_breakdown_gb={k2: round(v / GB, 3) for k2, v in parts.items() if not k2.startswith("_")},
-        strategies=table, total_params_b=round(m.total_params / 1e9, 4), active_params_b=round(m.active_params / 1e9, 4),
+        strategies=table, total_params_b=m.total_params / 1e9, active_params_b=m.active_params / 1e9,
         trainable_params=float(parts.get("_trainable", 0)), tokens=tokens, flops=flops, mfu=mfu,
         price_per_gpu_hour=g.price_per_gpu_hour, seq_len=seq_len, micro_batch=micro_batch,
         gradient_checkpointing=gradient_checkpointing,
@@ -505,7 +505,7 @@ def _plan_cpu(spec, m: ModelArch, seq: int, token_stats: dict | None) -> TrainPl
         stage=spec.stage, device="cpu", gpu=None, accelerator_type=None, nodes=1,
         budget_per_gpu_gb=round(0.8 * host / GB / r.num_workers, 2),
         memory_breakdown_gb={k2: round(v / GB, 4) for k2, v in parts.items() if not k2.startswith("_")},
-        total_params_b=round(m.total_params / 1e9, 6), active_params_b=round(m.active_params / 1e9, 6),
+        total_params_b=m.total_params / 1e9, active_params_b=m.active_params / 1e9,
         trainable_params=float(parts.get("_trainable", 0)), tokens=tokens, flops=flops, mfu=0.0, seq_len=seq,
         micro_batch=hp.per_device_batch_size, gradient_checkpointing=hp.gradient_checkpointing,
     )
