@@ -1,0 +1,241 @@
+"""The training loop that runs inside every Ray Train worker (torchtitan style: a Trainer holding a few
+components, each made by a small builder).
+
+Components: tokenizer + tokenized examples + :class:`BatchPlan` (data), a :class:`Strategy` (model and
+optimizer, sharded), an LR scheduler, a stage recipe (loss), a :class:`CheckpointManager` (with the
+preemption watcher), and rank-0 reporting (progress.json + MLflow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lexforge.config import spec_from_dict
+from lexforge.storage import store_for_spec
+from lexforge.train.checkpoint import CheckpointManager
+from lexforge.train.data import BatchPlan, TrainData, read_clean_rows, tokenize_rows
+from lexforge.train.export import output_key, publish_output, write_output
+from lexforge.train.model import (build_policy, build_reference, build_tokenizer, check_method_supported,
+                                  resolve_attn_implementation, resolve_precision)
+from lexforge.train.preemption import PreemptionWatcher
+from lexforge.train.recipes import build_recipe
+from lexforge.train.strategy import build_scheduler, build_strategy
+from lexforge.train.tracking import MetricLogger
+
+
+def progress_key(run_name: str) -> str:
+    return f"runs/{run_name}/progress.json"
+
+
+def result_key(run_name: str) -> str:
+    return f"runs/{run_name}/result.json"
+
+
+@dataclass
+class WorkerContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def worker_context(spec) -> WorkerContext:
+    try:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        rank, world, local = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+    except Exception:  # noqa: BLE001 - plain torchrun / single process
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        local = int(os.environ.get("LOCAL_RANK", 0))
+    if spec.resources.use_gpu and torch.cuda.is_available():
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device("cpu")
+    return WorkerContext(rank, world, local, device)
+
+
+@dataclass
+class Reporter:
+    """Rank-0 progress: progress.json in the store (throttled) and MLflow metrics every N steps."""
+
+    store: object
+    run_name: str
+    total_steps: int
+    rank: int
+    metrics: MetricLogger
+    log_every: int
+    start_step: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_write: float = 0.0
+
+    def step(self, step: int, loss: float, stats: dict, force: bool = False, status: str = "running") -> None:
+        if self.rank != 0:
+            return
+        done = step - self.start_step
+        elapsed = time.monotonic() - self.started
+        eta = (self.total_steps - step) * elapsed / done if done > 0 else None
+        if step % self.log_every == 0 or force:
+            self.metrics.log({"loss": loss, **stats}, step)
+        if force or time.monotonic() - self.last_write >= 1.0:
+            self.last_write = time.monotonic()
+            self.write({"step": step, "total_steps": self.total_steps, "loss": loss,
+                        "tokens_per_s": stats.get("tokens_per_s"), "eta_s": eta, "status": status,
+                        "updated_at": time.time()})
+
+    def write(self, payload: dict) -> None:
+        try:
+            self.store.put_bytes(progress_key(self.run_name), json.dumps(payload).encode())
+        except Exception:  # noqa: BLE001 - progress is best effort
+            pass
+
+
+class Trainer:
+    def __init__(self, config: dict):
+        self.spec = spec = spec_from_dict(config["spec"])
+        self.config = config
+        self.ctx = ctx = worker_context(spec)
+        check_method_supported(spec, ctx.device.type)
+        self.store = store_for_spec(spec)
+        self.lineage = config["lineage"]
+        base = config["base_model"]
+        precision = resolve_precision(spec, ctx.device.type)
+        attn = resolve_attn_implementation(spec, ctx.device.type)
+        self.tokenizer = build_tokenizer(spec, base)
+        data = TrainData(**config["data"])
+        self.examples = tokenize_rows(read_clean_rows(data.train_path), data.format, self.tokenizer,
+                                      spec.data.max_seq_len)
+        hp = spec.hyperparams
+        self.plan = BatchPlan(len(self.examples), hp.per_device_batch_size, ctx.world_size,
+                              hp.gradient_accumulation_steps, hp.seed)
+        self.total_steps = self.plan.total_steps(hp.epochs, hp.max_steps)
+        torch.manual_seed(hp.seed)  # identical initial weights on every rank (FSDP/ZeRO shard from them)
+        model = build_policy(spec, base, precision, attn, ctx.device)
+        self.strategy = build_strategy(spec, ctx.device, precision, ctx.rank, ctx.world_size)
+        self.strategy.wrap(model)
+        self.strategy.unwrapped().train()
+        self.scheduler = build_scheduler(spec, self.strategy.optimizer, self.total_steps)
+        reference = None
+        if spec.stage == "dpo" and spec.method == "full":
+            reference = build_reference(spec, base, precision, attn, ctx.device)
+        self.recipe = build_recipe(spec, self.tokenizer, self.strategy, ctx.device, reference)
+        self.metrics = MetricLogger(config.get("mlflow_uri"), config.get("mlflow_run_id")) if ctx.rank == 0 \
+            else MetricLogger(None, None)
+        self.preemption = PreemptionWatcher(self.store, spec.name, ctx.rank)
+        self.ckpt = CheckpointManager(spec, self.store, self.strategy, self.scheduler, rank=ctx.rank,
+                                      world_size=ctx.world_size, local_rank=ctx.local_rank, lineage=self.lineage,
+                                      data_position=self.plan.position, preemption=self.preemption,
+                                      on_event=self.metrics.event)
+        self.metrics_pg = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        self.reporter = Reporter(self.store, spec.name, self.total_steps, ctx.rank, self.metrics, hp.log_every_n_steps)
+
+    def _global_mean(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.metrics_pg is not None:
+            dist.all_reduce(t, group=self.metrics_pg)
+            t /= self.ctx.world_size
+        return t.tolist()
+
+    def train_step(self, step: int) -> tuple[float, dict]:
+        ga = self.plan.grad_accum
+        loss_sum, tokens, extra = 0.0, 0, {}
+        for m in range(ga):
+            idx = self.plan.indices(step * ga + m, self.ctx.rank)
+            batch = [self.examples[i] for i in idx]
+            with self.strategy.micro_context(m == ga - 1):
+                with self.strategy.autocast():
+                    r = self.recipe.micro_step(batch)
+                self.strategy.backward(r.loss)
+            loss_sum += float(r.loss.detach())
+            tokens += r.tokens
+            for k, v in r.metrics.items():
+                extra[k] = extra.get(k, 0.0) + v / ga
+        grad_norm = self.strategy.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        keys = sorted(extra)
+        vals = self._global_mean([loss_sum / ga, tokens, *[extra[k] for k in keys]])
+        loss, tokens_mean = vals[0], vals[1]
+        stats = {"lr": lr, "grad_norm": grad_norm, "tokens": tokens_mean * self.ctx.world_size,
+                 **dict(zip(keys, vals[2:]))}
+        return loss, stats
+
+    def run(self) -> dict:
+        start = self.ckpt.load()
+        self.reporter.start_step = start
+        losses: dict[int, float] = {}
+        status, loss = "completed", None
+        step = start
+        self.reporter.write({"step": start, "total_steps": self.total_steps, "loss": None, "tokens_per_s": None,
+                             "eta_s": None, "status": "running", "updated_at": time.time()}) if self.ctx.rank == 0 else None
+        first_step_at = None
+        while step < self.total_steps:
+            t0 = time.perf_counter()
+            loss, stats = self.train_step(step)
+            step += 1
+            step_time = time.perf_counter() - t0
+            first_step_at = first_step_at or time.time()
+            losses[step] = loss
+            self.ckpt.save(step, metrics={"loss": loss})
+            stats.update(step_time_s=step_time, tokens_per_s=stats["tokens"] / step_time,
+                         checkpoint_stall_s=self.ckpt.stats.last_stall_s)
+            self.reporter.step(step, loss, stats, force=step == self.total_steps)
+            if self.ckpt.preempted:
+                status = "preempted"
+                break
+        if status == "completed":
+            self.ckpt.save(step, final=True, metrics={"loss": loss} if loss is not None else None)
+        self.ckpt.close()
+        result = {"status": status, "steps": step, "total_steps": self.total_steps, "final_loss": loss,
+                  "losses": losses, "resumed_from_step": self.ckpt.resumed_from, "first_step_at": first_step_at,
+                  "checkpoint_stall_s": self.ckpt.stats.total_stall_s, "committed_steps": self.ckpt.stats.committed_steps,
+                  "preemption_reason": self.preemption.reason, "lineage": self.lineage,
+                  "is_adapter": self.spec.method in ("lora", "qlora"), "base_model": self.config["base_model"],
+                  "world_size": self.ctx.world_size, "sigterm_handler": self.preemption.handler}
+        if status == "completed":
+            result["output_uri"] = self._export()
+        if self.ctx.rank == 0:
+            self.reporter.write({"step": step, "total_steps": self.total_steps, "loss": loss, "tokens_per_s": None,
+                                 "eta_s": 0 if status == "completed" else None, "status": status,
+                                 "updated_at": time.time()})
+            self.store.put_bytes(result_key(self.spec.name), json.dumps(result, default=str).encode())
+        return result
+
+    def _export(self) -> str:
+        key = output_key(self.spec.name)
+        if hasattr(self.store, "local_path"):
+            local = Path(self.store.local_path(key)).with_name("output.partial")
+        else:
+            from lexforge.config import lexforge_home
+
+            local = lexforge_home() / "cache" / "outputs" / self.spec.name
+        out = write_output(self.strategy, self.tokenizer, self.spec, self.lineage, local)
+        uri = self.store.url(key)
+        if out is not None:
+            if hasattr(self.store, "local_path"):
+                import shutil
+
+                final = Path(self.store.local_path(key))
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(out, final)
+            else:
+                publish_output(self.store, self.spec.name, out)
+        if dist.is_initialized():
+            dist.barrier(group=self.metrics_pg)
+        return uri
+
+
+def train_worker(config: dict) -> None:
+    """Ray Train entry point (``train_loop_per_worker``)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    Trainer(config).run()
