@@ -62,7 +62,7 @@ class TokenCounter:
             for j, c in enumerate(cs):
                 t = self.render(c)
                 lb = self.lower_bound(t)
-                if lb > self.max_len and self.on_too_long == "drop":
+                if lb > self.max_len:  # surely too long: skip tokenizing it (truncation works on a cut copy)
                     quick[(i, j)] = lb
                     continue
                 texts.append(t)
@@ -84,11 +84,21 @@ class TokenCounter:
 
     def _truncate(self, row: dict, fmt: str, convs: list, lens: list[int]) -> tuple[dict | None, int, bool, str]:
         """Cut the target (last turn) of each over-long sequence until it fits; drop if the prompt alone does not."""
-        for j, conv in enumerate(convs):
-            n = lens[j]
-            target = conv[-1]["content"][: self.max_len * 2 * self.max_piece]
-            ids = self.tok(target, add_special_tokens=False)["input_ids"]
-            for _ in range(6):
+        cap = self.max_len * 2 * self.max_piece  # more characters than max_len tokens can ever cover
+        for j in range(len(convs)):
+            if lens[j] <= self.max_len:
+                continue
+            target = convs[j][-1]["content"]
+            if len(target) > cap:
+                row = with_target(row, fmt, j, target[:cap])
+            text = self.render(conversations(row, fmt)[j])
+            prompt_lb = self.lower_bound(text[: max(0, len(text) - min(len(target), cap))])
+            if prompt_lb > self.max_len:
+                return None, lens[j], False, (f"at least {lens[j]} tokens > max_seq_len {self.max_len} "
+                                              "and the prompt alone is too long to truncate the answer")
+            n = self._count([text])[0]
+            ids = self.tok(conversations(row, fmt)[j][-1]["content"], add_special_tokens=False)["input_ids"]
+            for _ in range(8):
                 if n <= self.max_len:
                     break
                 keep = len(ids) - (n - self.max_len) - 1
@@ -96,10 +106,8 @@ class TokenCounter:
                     return None, lens[j], False, (f"{lens[j]} tokens > max_seq_len {self.max_len} and the prompt "
                                                   "alone is too long to truncate the answer")
                 ids = ids[:keep]
-                text = self.tok.decode(ids).rstrip()
-                row = with_target(row, fmt, j, text)
-                conv = conversations(row, fmt)[j]
-                n = self._count([self.render(conv)])[0]
+                row = with_target(row, fmt, j, self.tok.decode(ids).rstrip())
+                n = self._count([self.render(conversations(row, fmt)[j])])[0]
             if n > self.max_len:
                 return None, n, False, f"still {n} tokens after truncation"
             lens[j] = n
