@@ -1,0 +1,77 @@
+"""register / decide / promote / rollback: MLflow model registry steps with the decision shown in the UI."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from lexforge.config import JobSpec
+from tasks.dashboard import artifact_key, mlflow_base
+
+
+def _model_url(spec: JobSpec, name: str, version) -> str | None:
+    base = mlflow_base(spec)
+    return f"{base}/#/models/{name}/versions/{version}" if base else None
+
+
+@task(name="register", cache_policy=NONE, retries=1, retry_delay_seconds=5)
+def register(spec: JobSpec, trained, report):
+    from lexforge.registry import register_model
+
+    mv = register_model(spec, trained, report)
+    url = _model_url(spec, mv.name, mv.version)
+    get_run_logger().info("registered %s version %s (%s)", mv.name, mv.version, mv.source_uri)
+    create_markdown_artifact(
+        key=artifact_key("model-version", spec), description=f"registered model of {spec.name}",
+        markdown=(f"# Registered `{mv.name}` v{mv.version}\n\n- MLflow: " + (f"[{mv.name} v{mv.version}]({url})" if url else "-")
+                  + f"\n- source: `{mv.source_uri}`\n- tags: `{json.dumps(getattr(mv, 'tags', {}) or {})[:3000]}`\n"),
+    )
+    return mv
+
+
+def _decision_markdown(spec: JobSpec, name: str, version, decision, promoted: bool | None) -> str:
+    scores = getattr(decision, "scores", {}) or {}
+    reasons = "\n".join(f"- {r}" for r in (getattr(decision, "reasons", []) or [])) or "- (no reasons given)"
+    url = _model_url(spec, name, version)
+    verdict = "PROMOTE" if decision.promote else "KEEP CHAMPION"
+    state = {True: "promoted to @champion", False: "not promoted (auto_promote is off)", None: "not promoted"}[promoted]
+    return (f"# Promotion decision: **{verdict}**\n\n`{name}` v{version} "
+            + (f"([MLflow]({url}))" if url else "") + f": {state}\n\n## Reasons\n\n{reasons}\n\n## Scores\n\n"
+            f"```json\n{json.dumps(scores, indent=2, default=str)[:6000]}\n```\n")
+
+
+@task(name="decide-promotion", cache_policy=NONE)
+def decide(spec: JobSpec, name: str, version):
+    from lexforge.registry import decide_promotion
+
+    decision = decide_promotion(spec, name, version)
+    get_run_logger().info("promotion decision for %s v%s: promote=%s %s", name, version, decision.promote,
+                          getattr(decision, "reasons", ""))
+    return decision
+
+
+@task(name="promote", cache_policy=NONE)
+def promote(spec: JobSpec, name: str, version, decision) -> bool:
+    """Move @champion to ``version`` when the decision says so and the spec allows automatic promotion."""
+    from lexforge.registry import promote as set_champion
+
+    do = bool(decision.promote) and spec.promotion.auto_promote
+    if do:
+        set_champion(name, version, decision)
+    create_markdown_artifact(key=artifact_key("promotion-decision", spec), description=f"promotion of {name} v{version}",
+                             markdown=_decision_markdown(spec, name, version, decision,
+                                                         True if do else (False if decision.promote else None)))
+    return do
+
+
+@task(name="rollback", cache_policy=NONE)
+def rollback(spec: JobSpec, name: str):
+    from lexforge.registry import rollback as registry_rollback
+
+    mv = registry_rollback(name)
+    create_markdown_artifact(key=artifact_key("promotion-decision", spec), description=f"rollback of {name}",
+                             markdown=f"# Rollback\n\n`{name}` @champion -> v{mv.version} (previous champion)\n")
+    return mv
