@@ -119,6 +119,50 @@ def train_cmd(
     _emit(p, as_json, as_markdown, print_train)
 
 
+@plan_app.command("compare")
+def compare_cmd(
+    gpu: list[str] = typer.Option(["H100", "H200", "B200"], help="GPUs to compare (repeatable)"),
+    context: int = typer.Option(32768, help="Context length per sequence (tokens)"),
+    concurrency: int = typer.Option(16, help="Concurrent sequences at full context"),
+    kv_dtype: str = typer.Option("bf16", help="KV cache dtype: bf16 | fp8"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON"),
+    as_markdown: bool = typer.Option(False, "--markdown", help="Print Markdown"),
+) -> None:
+    """Serving cost of every catalog model (native precision) on each GPU: GPUs, $/hour, $/year."""
+    from rich.table import Table
+
+    from lexforge.plan import PlanError, model_catalog, plan_serving
+
+    rows = []
+    try:
+        for name in model_catalog():
+            for g in gpu:
+                p = plan_serving(name, context_len=context, concurrency=concurrency, gpu=g, kv_dtype=kv_dtype)
+                rows.append({"model": name, "gpu": p.gpu, "precision": p.precision, "fits": p.fits,
+                             "layout": f"TP{p.tensor_parallel}xPP{p.pipeline_parallel}", "gpus": p.num_gpus,
+                             "memory_per_gpu_gb": p.memory_per_gpu_gb, "cost_per_hour": p.cost_per_hour,
+                             "annual_cost_usd": p.annual_cost_usd})
+    except PlanError as e:
+        _fail(e)
+    header = ["model", "gpu", "precision", "fits", "layout", "gpus", "memory_per_gpu_gb", "cost_per_hour",
+              "annual_cost_usd"]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if as_markdown:
+        from lexforge.plan.render import _md_table
+
+        print(f"Serving at {context} tokens x {concurrency} sequences (KV {kv_dtype})\n")
+        print(_md_table(header, [[r[h] for h in header] for r in rows]))
+        return
+    t = Table(title=f"serving cost at {context} tokens x {concurrency} sequences (KV {kv_dtype})")
+    for h in header:
+        t.add_column(h)
+    for r in rows:
+        t.add_row(*[f"{r[h]:,.2f}" if isinstance(r[h], float) else str(r[h]) for h in header])
+    out.print(t)
+
+
 @plan_app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
     """List the model catalog (lexforge/plan/models.yaml + LEXFORGE_MODEL_CATALOG)."""

@@ -11,7 +11,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "NO"
     if isinstance(v, float):
-        if abs(v) >= 1e6:
+        if abs(v) >= 1000:
             return f"{v:,.0f}"
         return f"{v:,.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.3g}"
     return str(v)

@@ -86,8 +86,8 @@ def check_fits_or_raise(plan: TrainPlan) -> TrainPlan:
     """For the training flow: refuse a job that cannot fit, with the planner's reasons and a suggested fix."""
     if not plan.fits:
         fix = f" Suggested: {' '.join('--set ' + o for o in plan.suggested_overrides)}" if plan.suggested_overrides else ""
-        raise PlanError(f"job does not fit ({plan.method} {plan.model} on {plan.device}"
-                        f"{' ' + plan.gpu if plan.gpu else ''}): " + "; ".join(plan.reasons) + "." + fix)
+        raise PlanError(f"job does not fit ({plan.method} {plan.model} on {plan.gpu or 'CPU'}): "
+                        + "; ".join(plan.reasons) + "." + fix)
     return plan
 
 
@@ -382,6 +382,9 @@ def plan_finetune(
         assumptions.append("MoE activations use the routed (active) MLP width; token permutation buffers ignored")
     if method == "qlora":
         assumptions.append("QLoRA's dequantisation usually lowers throughput vs LoRA; fold it into --mfu")
+        if m.is_moe:
+            assumptions.append("QLoRA on MoE assumes the experts are 4-bit too; implementations that store experts "
+                               "as fused 3-D tensors (not nn.Linear) leave them in 16-bit: plan with --method lora")
     if stage == "grpo":
         assumptions.append("GRPO: completion generation time is NOT included")
     if n > per_node and fits:
