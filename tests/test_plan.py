@@ -381,12 +381,31 @@ def test_cli_outputs_parse_as_json(cli, tmp_path, tiny_model_dir):
     assert r.exit_code == 0 and "## Fine-tuning plan" in r.stdout and "| strategy |" in r.stdout
 
 
+def test_cli_compare_and_adapter_dir(cli, tmp_path, tiny_model_dir):
+    r = cli("plan", "compare", "--gpu", "H100", "--gpu", "B200", "--context", "8192", "--concurrency", "4", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert len(rows) == 2 * len(model_catalog()) and {x["gpu"] for x in rows} == {"H100", "B200"}
+    gemma = {x["gpu"]: x for x in rows if x["model"] == "Gemma-3-27B"}
+    assert gemma["B200"]["gpus"] == 1 and gemma["B200"]["cost_per_hour"] == 8.5
+    # a PEFT adapter directory is planned as its base model
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir)}))
+    r = cli("plan", "serve", str(adapter), "--context", "128", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["num_gpus"] == 1 and any("PEFT adapter" in a for a in d["assumptions"])
+
+
 def test_cli_exit_codes(cli):
     r = cli("plan", "train", "DeepSeek-V4-Pro", "--method", "full", "--gpus", "8", "--gpu", "H100", "--json")
     assert r.exit_code == 1 and json.loads(r.stdout)["fits"] is False
     r = cli("plan", "serve", "no-such-model")
     assert r.exit_code == 2 and "unknown model" in r.output
     r = cli("plan", "train", "Gemma-3-27B", "--pairs", "10")
+    assert r.exit_code == 2
+    r = cli("plan", "serve", "Gemma-3-27B", "--concurrency", "0")
     assert r.exit_code == 2
     r = cli("plan", "serve", "Gemma-3-27B", "--context", "8192")
     assert r.exit_code == 0 and "Serving plan" in r.stdout and "assumptions" in r.stdout

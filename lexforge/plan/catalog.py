@@ -364,6 +364,14 @@ def resolve_model(model: str | dict | ModelArch) -> ModelArch:
     if key is not None:
         return cat[key]
     p = Path(model).expanduser()
+    if p.is_dir() and not (p / "config.json").is_file() and (p / "adapter_config.json").is_file():
+        try:
+            base = json.loads((p / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        except (json.JSONDecodeError, KeyError):
+            raise PlanError(f"{p / 'adapter_config.json'}: no base_model_name_or_path to plan from") from None
+        arch = resolve_model(str(base))
+        arch.assumptions = arch.assumptions + [f"{p} is a PEFT adapter: planned as its base model {base}"]
+        return arch
     if p.is_dir() or p.suffix == ".json":
         cfg = load_hf_config(p)
         name = p.name if p.is_dir() else p.parent.name or p.name
