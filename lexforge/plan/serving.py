@@ -238,8 +238,10 @@ def plan_serving(
     free_for_kv = usable - weights / n - reserve
     max_conc = max(0, int(free_for_kv // per_seq)) if per_seq > 0 else 10**9
     cost_h = n * g.price_per_gpu_hour
-    inter = (f"TP over NVLink ({g.nvlink_gbs:g} GB/s per GPU)" if tp > 1 else "single GPU") + (
-        f"; PP over InfiniBand ({g.infiniband_gbps:g} Gb/s per GPU) across {nodes} nodes" if pp > 1 else "")
+    inter = f"TP over NVLink ({g.nvlink_gbs:g} GB/s per GPU)" if tp > 1 else "single GPU"
+    if pp > 1:
+        inter += (f"; PP over InfiniBand ({g.infiniband_gbps:g} Gb/s per GPU) across {nodes} nodes" if nodes > 1
+                  else "; PP over NVLink within one node")
     ctx_tokens = context_len
     return ServePlan(
         model=m.name, gpu=g.name, precision=prec, kv_dtype=kv_dtype, context_len=context_len,

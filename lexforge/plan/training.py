@@ -211,7 +211,8 @@ def memory_per_gpu(x: _Inputs, strategy: str, n: int) -> dict[str, float]:
         acts = tokens * L * per_layer
     out["activations"] = acts
     out["logits"] = tokens * (m.vocab_size or 0) * (c + 4)  # logits + fp32 upcast for the loss
-    out["overhead"] = x.overhead
+    if x.overhead:
+        out["overhead"] = x.overhead
     out["_trainable"] = trainable
     return out
 
