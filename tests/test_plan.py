@@ -314,6 +314,10 @@ def test_spec_gpu_plan_chooses_scaling_config(tiny_model_dir):
     assert p.fits and p.num_workers == 1 and p.strategy == "ddp"
     assert p.scaling_config() == {"num_workers": 1, "use_gpu": True, "resources_per_worker": {"GPU": 1.0},
                                   "accelerator_type": "H100"}
+    from ray.train import ScalingConfig
+
+    sc = ScalingConfig(**p.scaling_config())  # the real Ray Train config accepts it
+    assert sc.num_workers == 1 and sc.use_gpu and sc.accelerator_type == "H100"
     what_if = plan_training(_spec(str(tiny_model_dir)), gpu="B200")  # CPU spec, sized for B200
     assert what_if.fits and what_if.device == "gpu" and what_if.gpu == "B200"
 
