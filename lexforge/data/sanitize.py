@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lexforge.data.formats import DROP_REASONS, FORMATS, RowDrop, canonicalize, detect_format
-from lexforge.data.normalize import hash64, near_key_text
+from lexforge.data.normalize import hash64, near_key
 
 BATCH = 256
 DETECT_LINES = 1000
@@ -66,14 +66,15 @@ class Progress:
             self.p(self.done, self.total)
 
 
-def near_text(value: Any) -> str:
+def near_text(value: Any) -> bytes:
+    """Near-duplicate key material of a canonical row: field names + reduced text of every string."""
     if isinstance(value, str):
-        return near_key_text(value)
+        return near_key(value)
     if isinstance(value, list):
-        return "\x1e".join(near_text(v) for v in value)
+        return b"\x1e".join(near_text(v) for v in value)
     if isinstance(value, dict):
-        return "\x1f".join(f"{k}:{near_text(v)}" for k, v in value.items())
-    return str(value)
+        return b"\x1f".join(k.encode() + b":" + near_text(v) for k, v in value.items())
+    return str(value).encode()
 
 
 def sniff_format(path: Path, n: int = DETECT_LINES) -> str:
@@ -92,6 +93,11 @@ def sniff_format(path: Path, n: int = DETECT_LINES) -> str:
                         "({'messages': [...]}), preference ({'prompt','chosen','rejected'}) or grpo "
                         "({'prompt','reference'}) rows, or declare it with data.format / --format")
     return fmt
+
+
+def _serialise(row: dict) -> bytes:
+    """One canonical JSONL line (canonical rows have a fixed key order, so equal rows give equal bytes)."""
+    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 class Sanitizer:
@@ -146,7 +152,7 @@ class _RunState:
         self.total = self.kept = self.repaired = self.blank = 0
         self.drops: dict[str, dict] = {}
         self.repairs: dict[str, dict] = {}
-        self.pending: list[tuple[int, dict, set[str]]] = []
+        self.pending: list[tuple[int, dict, set[str], bytes, int]] = []
         self.split_hashes, self.token_counts = array("Q"), array("I")
         self.writer: Any = None
         self.log: Any = None
@@ -164,11 +170,14 @@ class _RunState:
             d["examples"].append({"line": lineno, "detail": detail})
         self.log.write(json.dumps({"line": lineno, "action": "dropped", "reason": reason, "detail": detail}) + "\n")
 
-    def keep(self, lineno: int, row: dict, repairs: set[str], tokens: int | None) -> None:
-        data = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    def keep(self, lineno: int, row: dict, repairs: set[str], tokens: int | None, data: bytes | None = None,
+             ekey: int | None = None) -> None:
+        if data is None:  # rows changed after the duplicate check (truncation) are serialised again
+            data = _serialise(row)
+            ekey = hash64(data)
         self.writer.write(data)
         self.out_hash.update(data)
-        self.split_hashes.append(hash64(self.seed + data))
+        self.split_hashes.append(hash64(self.seed + ekey.to_bytes(8, "big")))
         if tokens is not None:
             self.token_counts.append(tokens)
         self.kept += 1
@@ -208,16 +217,17 @@ class _RunState:
         except RowDrop as e:
             return self.drop(lineno, e.reason, e.detail)
         repairs |= r
-        if self.is_duplicate(lineno, row):
+        data = _serialise(row)
+        ekey = hash64(data)
+        if self.is_duplicate(lineno, row, ekey):
             return
-        self.pending.append((lineno, row, repairs))
+        self.pending.append((lineno, row, repairs, data, ekey))
         if len(self.pending) >= BATCH:
             self.flush()
 
-    def is_duplicate(self, lineno: int, row: dict) -> bool:
+    def is_duplicate(self, lineno: int, row: dict, ekey: int) -> bool:
         opts, san = self.opts, self.san
-        ekey = hash64(json.dumps(row, ensure_ascii=False, sort_keys=True).encode("utf-8"))
-        nkey = hash64(near_text(row).encode("utf-8"))
+        nkey = hash64(near_text(row))
         if self.against is not None:
             first = self.against.exact.get(ekey) or self.against.near.get(nkey)
             if first is not None:
@@ -243,17 +253,17 @@ class _RunState:
             return
         counter = self.san.counter
         if counter is None:
-            for lineno, row, repairs in batch:
-                self.keep(lineno, row, repairs, None)
+            for lineno, row, repairs, data, ekey in batch:
+                self.keep(lineno, row, repairs, None, data, ekey)
             return
-        for (lineno, _, repairs), (row, n, truncated, detail) in zip(batch, counter.measure([b[1] for b in batch],
-                                                                                          self.fmt)):
+        measured = counter.measure([b[1] for b in batch], self.fmt)
+        for (lineno, _, repairs, data, ekey), (row, n, truncated, detail) in zip(batch, measured):
             if row is None:
                 self.drop(lineno, "too_long", detail)
-                continue
-            if truncated:
-                repairs = repairs | {"truncated"}
-            self.keep(lineno, row, repairs, n)
+            elif truncated:
+                self.keep(lineno, row, repairs | {"truncated"}, n)
+            else:
+                self.keep(lineno, row, repairs, n, data, ekey)
 
     # ---- result ------------------------------------------------------------------------------------------------
     def report(self, detected: bool, seconds: float, log_path: Path) -> dict:
