@@ -411,3 +411,67 @@ def test_state_survives_a_restart(api, api_settings, base_model):
     finally:
         second.stop()
         api.__init__(api_settings)  # later tests (if any) get a running server again
+
+
+# ---- the fine-tuned model is served: chat through the same client ------------------------------------------
+
+SERVE_KEY = "sk-serve-inference-0123456789"
+SERVE_ADMIN_KEY = "sk-serve-admin-0123456789ab"
+
+
+@pytest.fixture(scope="module")
+def serve_app(tiny_model_dir, tmp_path_factory):
+    """The real lexforge serving app (Ray Serve + vLLM CPU) on the tiny base model."""
+    import signal
+
+    from lexforge.procs import bin_path, wait_http
+
+    d = tmp_path_factory.mktemp("api_serve")
+    port = free_port()
+    log = d / "serve.log"
+    env = {"LEXFORGE_API_KEYS": SERVE_KEY, "LEXFORGE_ADMIN_API_KEYS": SERVE_ADMIN_KEY, "RAY_ADDRESS": "",
+           "RAY_USAGE_STATS_ENABLED": "0", "LEXFORGE_HOME": str(d / "home")}
+    proc = spawn([bin_path("lexforge"), "serve", "--base", str(tiny_model_dir), "--champion", "none",
+                  "--port", str(port), "--accelerator", "cpu", "--max-num-seqs", "4", "--set", "serve.max_model_len=512"], log, env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=600, proc=proc, log_path=log)
+        yield f"http://127.0.0.1:{port}", log
+    finally:
+        try:
+            os.killpg(os.getpgid(proc.pid), signal.SIGINT)  # lets the CLI delete the app and shut Ray down
+            proc.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        stop_group(proc.pid)
+
+
+def test_fine_tuned_model_is_served_for_chat(serve_app, api_settings, base_model, flow_runner, tmp_path):
+    from dataclasses import replace
+
+    serve_url, serve_log = serve_app
+    settings = replace(api_settings, db_path=tmp_path / "api.db", serve_url=serve_url,
+                       serve_api_key=SERVE_KEY, serve_admin_key=SERVE_ADMIN_KEY)
+    server = ApiServer(settings)
+    try:
+        client = server.client()
+        train = upload(client, jsonl(chat_rows(5)))
+        job = client.fine_tuning.jobs.create(model=base_model, training_file=train.id, suffix="chat")
+        done = wait_status(client, job.id, {"succeeded", "failed", "cancelled"})
+        assert done.status == "succeeded", done.error
+        deadline = time.monotonic() + 300
+        while not any(e.message.startswith(f"Model {done.fine_tuned_model} is available")
+                      for e in client.fine_tuning.jobs.list_events(job.id, limit=100)):
+            assert time.monotonic() < deadline, serve_log.read_text()[-3000:]
+            time.sleep(1)
+        assert done.fine_tuned_model in [m.id for m in client.models.list()]
+        reply = client.chat.completions.create(
+            model=done.fine_tuned_model, max_tokens=8, temperature=0,
+            messages=[{"role": "user", "content": "What is the limitation period in tort?"}])
+        assert reply.model == done.fine_tuned_model
+        assert reply.choices[0].message.role == "assistant" and isinstance(reply.choices[0].message.content, str)
+        assert reply.usage.completion_tokens > 0
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=f"{base_model}:ft-nope", max_tokens=4,
+                                           messages=[{"role": "user", "content": "hi"}])
+    finally:
+        server.stop()

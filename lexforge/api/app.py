@@ -8,6 +8,7 @@ proxied to the Ray Serve app, so one ``openai`` client fine-tunes and then chats
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
@@ -168,9 +169,8 @@ def create_app(settings: ApiSettings | None = None, start_poller: bool = True) -
             {"id": m, "object": "model", "created": 0, "owned_by": "lexforge"}
             for m in available_models(settings.allowed_models)]}
 
-    async def _proxy(request: Request, path: str) -> Response:
+    async def _forward(request: Request, path: str, body: bytes):
         serve = _serve()
-        body = await request.body()
         client = httpx.AsyncClient(base_url=serve.base_url, timeout=600,
                                    headers=serve.inference_headers(request.headers.get("authorization")))
         try:
@@ -181,6 +181,21 @@ def create_app(settings: ApiSettings | None = None, start_poller: bool = True) -
             await client.aclose()
             raise ApiError(503, f"serving app unreachable: {type(e).__name__}", type="server_error",
                            code="serving_unavailable") from None
+        return client, upstream
+
+    async def _proxy(request: Request, path: str) -> Response:
+        body = await request.body()
+        client, upstream = await _forward(request, path, body)
+        if upstream.status_code == 404:
+            # The serving app may have restarted and lost its adapter table: re-register a known model once.
+            try:
+                model = json.loads(body).get("model")
+            except (ValueError, AttributeError):
+                model = None
+            if isinstance(model, str) and await run_in_threadpool(service.republish, model):
+                await upstream.aclose()
+                await client.aclose()
+                client, upstream = await _forward(request, path, body)
 
         async def close() -> None:
             await upstream.aclose()

@@ -144,6 +144,10 @@ class ApiDB:
     def jobs_using_file(self, file_id: str) -> list[dict[str, Any]]:
         return self._exec("SELECT * FROM jobs WHERE training_file=? OR validation_file=?", (file_id, file_id))
 
+    def job_by_model(self, model: str) -> dict[str, Any] | None:
+        rows = self._exec("SELECT * FROM jobs WHERE fine_tuned_model=? ORDER BY seq DESC LIMIT 1", (model,))
+        return rows[0] if rows else None
+
     def events(self, job_id: str) -> list[dict[str, Any]]:
         return self._exec("SELECT * FROM events WHERE job_id=? ORDER BY created_at, seq", (job_id,))
 

@@ -25,7 +25,7 @@ from lexforge.api.jobs import (
     job_object, new_id, resolve_base_model, resolved_hyperparameters,
 )
 from lexforge.api.orchestrator import STATUS_BY_STATE, OrchestratorError, PrefectJobs, parse_ts
-from lexforge.api.serving import ServeClient, ServeError
+from lexforge.api.serving import BaseMismatch, ServeClient, ServeError
 from lexforge.api.settings import ApiSettings
 from lexforge.storage import open_store
 
@@ -384,13 +384,30 @@ class FineTuningService:
         path = str(local(key)) if local else self.store.url(key)
         base = resolve_base_model(row["model"], ())
         try:
-            self.serve.register_adapter(row["fine_tuned_model"], path, base_model=base)
+            self.serve.register_adapter(row["fine_tuned_model"], path, version=row["id"], base_model=base)
+        except BaseMismatch as e:
+            self.db.update("jobs", row["id"], {"served": -1})
+            self._event(row["id"], "serve-mismatch", f"Model not served: {e}", level="warn")
+            return
         except ServeError as e:
             self._event(row["id"], "serve-pending", f"Model not yet served (will retry): {e}", level="warn")
             log.warning("job %s: %s", row["id"], e)
             return
         self.db.update("jobs", row["id"], {"served": 1})
         self._event(row["id"], "served", f"Model {row['fine_tuned_model']} is available for chat completions")
+
+    def republish(self, model: str) -> bool:
+        """Register ``model`` (a succeeded job's fine_tuned_model) with the serving app again; True if it is
+        served now. Used when the serving app answers 404 for a model we published (it restarted)."""
+        if self.serve is None:
+            return False
+        row = self.db.job_by_model(model)
+        if row is None or row["status"] != "succeeded" or row["served"] == -1:
+            return False
+        with self._refresh_lock:
+            self.db.update("jobs", row["id"], {"served": 0})
+            self._publish(self.get_job_row(row["id"]))
+            return self.get_job_row(row["id"])["served"] == 1
 
     def _import_states(self, job_id: str, states: list[dict[str, Any]]) -> None:
         for st in states:
