@@ -20,7 +20,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TRAILING_WS = re.compile(r"[ \t]+\n")
 _INNER_RUNS = re.compile(r"(\S)[ \t]{2,}(?=\S)")
 # near-duplicate key: ASCII punctuation and whitespace removed (bytes.translate is a C loop, ~GB/s)
-_NEAR_DELETE = (string.punctuation + string.whitespace).encode()
+NEAR_DELETE = (string.punctuation + string.whitespace).encode()
 
 
 def _has_any(s: str, chars: str) -> bool:
@@ -59,11 +59,6 @@ def normalize_text(s: str) -> tuple[str, set[str]]:
             repairs.add("whitespace_runs")
             out = t
     return out, repairs
-
-
-def near_key(s: str) -> bytes:
-    """Text reduced for near-duplicate detection: case-folded, without whitespace and ASCII punctuation."""
-    return s.casefold().encode("utf-8").translate(None, _NEAR_DELETE)
 
 
 def hash64(data: bytes) -> int:

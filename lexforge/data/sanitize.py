@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lexforge.data.formats import DROP_REASONS, FORMATS, RowDrop, canonicalize, detect_format
-from lexforge.data.normalize import hash64, near_key
+from lexforge.data.normalize import NEAR_DELETE, hash64
 
 BATCH = 256
 DETECT_LINES = 1000
@@ -66,15 +66,12 @@ class Progress:
             self.p(self.done, self.total)
 
 
-def near_text(value: Any) -> bytes:
-    """Near-duplicate key material of a canonical row: field names + reduced text of every string."""
-    if isinstance(value, str):
-        return near_key(value)
-    if isinstance(value, list):
-        return b"\x1e".join(near_text(v) for v in value)
-    if isinstance(value, dict):
-        return b"\x1f".join(k.encode() + b":" + near_text(v) for k, v in value.items())
-    return str(value).encode()
+def near_key_of(line: bytes) -> bytes:
+    """Near-duplicate key of a canonical JSONL line: lower-cased, ASCII punctuation and whitespace removed.
+
+    Working on the serialised line (one C-level pass) keeps this cheap; field names and roles stay in the key.
+    """
+    return line.lower().translate(None, NEAR_DELETE)
 
 
 def sniff_format(path: Path, n: int = DETECT_LINES) -> str:
@@ -219,15 +216,15 @@ class _RunState:
         repairs |= r
         data = _serialise(row)
         ekey = hash64(data)
-        if self.is_duplicate(lineno, row, ekey):
+        if self.is_duplicate(lineno, data, ekey):
             return
         self.pending.append((lineno, row, repairs, data, ekey))
         if len(self.pending) >= BATCH:
             self.flush()
 
-    def is_duplicate(self, lineno: int, row: dict, ekey: int) -> bool:
+    def is_duplicate(self, lineno: int, data: bytes, ekey: int) -> bool:
         opts, san = self.opts, self.san
-        nkey = hash64(near_text(row))
+        nkey = hash64(near_key_of(data))
         if self.against is not None:
             first = self.against.exact.get(ekey) or self.against.near.get(nkey)
             if first is not None:
