@@ -53,4 +53,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
     CMD ["curl", "-fsS", "http://127.0.0.1:8000/-/healthz"]
 
-CMD ["lexforge", "serve"]
+# Bind all interfaces inside the container (the pod network); keys come from $LEXFORGE_API_KEYS at run time.
+CMD ["lexforge", "serve", "--host", "0.0.0.0", "--port", "8000"]
