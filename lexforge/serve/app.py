@@ -1,0 +1,520 @@
+"""The Ray Serve application: FastAPI routes (OpenAI-compatible + legal + admin) over one vLLM engine.
+
+Routes (all need ``Authorization: Bearer <key>`` except ``/health`` and Ray's ``/-/healthz``):
+
+- ``GET /v1/models``, ``POST /v1/chat/completions`` (SSE streaming), ``POST /v1/completions``
+- ``POST /v1/legal/chat``, ``POST /v1/legal/analyze`` (default legal system prompt from ``spec.serve``)
+- ``POST /admin/reload-champion``, ``POST /admin/adapters``, ``GET /admin/adapters`` (admin keys)
+- ``GET /metrics`` (Prometheus), ``GET /health``
+
+Every generation response carries ``X-Lexforge-Model-Version`` (the adapter version that produced it).
+
+Note: Ray pickles the deployment class by value when it is decorated, so every module-level helper the class
+uses must be defined *above* it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+
+from lexforge.serve import auth
+try:
+    from vllm.exceptions import VLLMClientError
+except ImportError:  # pragma: no cover - vllm builds without the error hierarchy
+    VLLMClientError = ValueError  # type: ignore[misc,assignment]
+from lexforge.serve.adapters import (AdapterError, AdapterRef, AdapterTable, Champion, check_adapter_dir,
+                                     make_champion_source)
+from lexforge.serve.errors import APIError, bad_request, context_too_long, model_not_found, unauthorized
+from lexforge.serve.metrics import CONTENT_TYPE, ServeMetrics
+from lexforge.serve.protocol import (AdapterRegistration, ChatCompletionRequest, CompletionRequest,
+                                     LegalAnalyzeRequest, LegalChatRequest, ReloadChampionRequest, SamplingFields,
+                                     error_param)
+from lexforge.serve.settings import ServeSettings
+
+log = logging.getLogger("lexforge.serve")
+VERSION_HEADER = "X-Lexforge-Model-Version"
+PUBLIC_PATHS = {"/health", "/-/healthz"}
+
+api = FastAPI(title="lexforge serve", description="OpenAI-compatible legal LLM serving (Ray Serve + vLLM)")
+
+
+@api.exception_handler(APIError)
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return exc.response()
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = exc.errors()
+    first = errs[0] if errs else {"loc": ("body",), "msg": "invalid request"}
+    param = error_param(tuple(first.get("loc", ())))
+    msg = "; ".join(f"{error_param(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errs[:5])
+    return bad_request(f"invalid request body: {msg}", param=param).response()
+
+
+def check_key(authorization: str | None, admin: bool) -> str:
+    """Fingerprint of the presented bearer key, or an OpenAI-shaped 401/403 APIError."""
+    token = auth.bearer_token(authorization)
+    allowed = (auth.REPLICA_KEYS["admin"] or auth.REPLICA_KEYS["api"]) if admin else auth.REPLICA_KEYS["api"]
+    matched = auth.match_key(token, allowed)
+    if matched is None:
+        if admin and auth.match_key(token, auth.REPLICA_KEYS["api"]):
+            raise APIError(403, "this API key may not use admin routes (admin keys: $LEXFORGE_ADMIN_API_KEYS)",
+                           "permission_error", None, "forbidden")
+        raise unauthorized()
+    return auth.fingerprint(matched)
+
+
+@api.middleware("http")
+async def _require_api_key(request: Request, call_next):
+    """Every route except the health checks needs a key -- checked before the body is even parsed."""
+    if request.url.path not in PUBLIC_PATHS:
+        try:
+            request.state.key_fp = check_key(request.headers.get("authorization"),
+                                             admin=request.url.path.startswith("/admin/"))
+        except APIError as e:
+            return e.response()
+    return await call_next(request)
+
+
+def _route_label(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _usage(prompt: int, completion: int) -> dict:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def legal_analyze_messages(req: LegalAnalyzeRequest, system_prompt: str) -> list[dict]:
+    question = req.question or ("Identify the key obligations, rights, deadlines and risks in this text, "
+                                "and point out anything ambiguous.")
+    user = (f"Jurisdiction: {req.jurisdiction}\n\nText:\n\"\"\"\n{req.text}\n\"\"\"\n\nTask: {question}")
+    return [{"role": "system", "content": req.system_prompt or system_prompt}, {"role": "user", "content": user}]
+
+
+def with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:
+    if messages and messages[0]["role"] in ("system", "developer"):
+        return messages
+    return [{"role": "system", "content": system_prompt}] + messages
+
+
+def _guess_param(message: str) -> str | None:
+    for p in ("n", "temperature", "top_p", "max_tokens", "stop", "seed", "presence_penalty", "frequency_penalty"):
+        if message.startswith(p + " ") or f"`{p}`" in message:
+            return p
+    return None
+
+
+def setup_replica_logging() -> None:
+    """lexforge.serve INFO logs to the replica's stderr (Ray keeps it in the session's worker logs)."""
+    lg = logging.getLogger("lexforge.serve")
+    if not lg.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
+        lg.addHandler(h)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+
+
+def _same_model(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a.rstrip("/").split("/")[-1] == b.rstrip("/").split("/")[-1]
+
+
+@serve.deployment(name="lexforge-llm", health_check_period_s=10, health_check_timeout_s=30,
+                  graceful_shutdown_timeout_s=30)
+@serve.ingress(api)
+class LexforgeServer:
+    """One replica = one vLLM engine (base model once, LoRA adapters by name) + the name table."""
+
+    async def __init__(self, settings: ServeSettings | dict):
+        from lexforge.serve.engine import Engine
+
+        setup_replica_logging()
+        self.s = ServeSettings.model_validate(settings)
+        auth.REPLICA_KEYS["api"] = list(self.s.api_key_digests)
+        auth.REPLICA_KEYS["admin"] = list(self.s.admin_key_digests)
+        self.metrics = ServeMetrics()
+        self.table = AdapterTable(self.s.base_name)
+        self.champion_source = make_champion_source(self.s.champion)
+        self.champion_error: str | None = None
+        self._reload_lock = asyncio.Lock()
+        self._created = _now()
+        self.engine = Engine(self.s)
+        for name, path in self.s.adapters.items():
+            check_adapter_dir(path, self.s.max_lora_rank)
+            ref = self.table.build(name, path, version=name)
+            await self.engine.load_adapter(ref)
+            self.table.put(ref)
+        try:
+            await self._install_champion(await asyncio.to_thread(self.champion_source.resolve))
+        except Exception as e:  # no champion yet: the stable name serves the base model until a reload
+            self.champion_error = f"{type(e).__name__}: {e}"
+            log.warning("champion not loaded (%s); %s serves the base model", self.champion_error, self.s.served_name)
+            self.table.put(self.table.build(self.s.served_name, None, "base", source="champion"))
+            self.metrics.set_champion(self.s.served_name, "base")
+
+    # ---- plumbing ---------------------------------------------------------------------------------------
+    def _authorize(self, request: Request, admin: bool = False) -> str:
+        """The caller's key fingerprint (the auth middleware already rejected requests without a valid key)."""
+        fp = getattr(request.state, "key_fp", None)
+        if fp is None:  # only reachable if a route is wrongly listed as public
+            raise unauthorized()
+        return fp
+
+    def _resolve(self, model: str | None) -> AdapterRef:
+        name = model or self.s.served_name
+        ref = self.table.get(name)
+        if ref is None:
+            raise model_not_found(name, self.table.names())
+        return ref
+
+    def _check_supported(self, req: SamplingFields) -> None:
+        bad = req.unsupported()
+        if bad:
+            raise bad_request(bad[1], param=bad[0], code="unsupported_parameter")
+
+    def _params(self, req: SamplingFields, prompt_len: int, max_tokens: int | None):
+        remaining = self.s.max_model_len - prompt_len
+        if max_tokens is None:
+            if remaining < 1:
+                raise context_too_long(prompt_len, 1, self.s.max_model_len)
+            max_tokens = remaining
+        if prompt_len + max_tokens > self.s.max_model_len:
+            raise context_too_long(prompt_len, max_tokens, self.s.max_model_len)
+        try:
+            return self.engine.sampling_params(max_tokens, req.temperature, req.top_p, req.n, req.stop, req.seed,
+                                               req.presence_penalty, req.frequency_penalty)
+        except (ValueError, VLLMClientError) as e:  # vLLM's own request validation
+            raise bad_request(str(e), param=getattr(e, "parameter", None) or _guess_param(str(e)))
+
+    async def _observe(self, request: Request, fn):
+        start = time.perf_counter()
+        route = _route_label(request)
+        status = 500
+        self.metrics.inflight.inc()
+        try:
+            resp = await fn()
+            status = resp.status_code
+            return resp
+        except APIError as e:
+            status = e.status
+            raise
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+    # ---- generation -------------------------------------------------------------------------------------
+    async def _complete(self, ref: AdapterRef, model: str, prompt_ids: list[int], params) -> tuple[list, int, int]:
+        latest: dict[int, Any] = {}  # with n > 1 vLLM may report each sample in a different RequestOutput
+        async for out in self.engine.generate(prompt_ids, params, ref):
+            for o in out.outputs:
+                latest[o.index] = o
+        outs = [latest[i] for i in sorted(latest)]
+        completion = sum(len(o.token_ids) for o in outs)
+        self.metrics.count_tokens(model, ref.version, len(prompt_ids), completion)
+        return outs, len(prompt_ids), completion
+
+    async def _chat(self, request: Request, req: ChatCompletionRequest | LegalChatRequest,
+                    messages: list[dict], model: str | None) -> Response:
+        fp = self._authorize(request)
+        self._check_supported(req)
+        ref = self._resolve(model)
+        name = model or self.s.served_name
+        prompt_ids = self.engine.chat_prompt_ids(messages)
+        max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
+        params = self._params(req, len(prompt_ids), max_tokens)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        headers = {VERSION_HEADER: ref.version, "X-Request-Id": rid}
+        log.info("chat model=%s version=%s key=%s prompt_tokens=%d stream=%s", name, ref.version, fp,
+                 len(prompt_ids), req.stream)
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(self._chat_stream(rid, name, ref, prompt_ids, params, req.n, include_usage),
+                                     media_type="text/event-stream", headers=headers)
+        outs, p, c = await self._complete(ref, name, prompt_ids, params)
+        body = {
+            "id": rid, "object": "chat.completion", "created": _now(), "model": name,
+            "system_fingerprint": f"lexforge-{ref.version}",
+            "choices": [{"index": o.index, "message": {"role": "assistant", "content": o.text},
+                         "finish_reason": o.finish_reason or "stop", "logprobs": None} for o in outs],
+            "usage": _usage(p, c),
+        }
+        return JSONResponse(body, headers=headers)
+
+    async def _chat_stream(self, rid: str, name: str, ref: AdapterRef, prompt_ids: list[int], params, n: int,
+                           include_usage: bool):
+        created, start, first = _now(), time.perf_counter(), True
+        sent = [0] * n
+        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+                "system_fingerprint": f"lexforge-{ref.version}"}
+        for i in range(n):
+            yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                             "finish_reason": None}]})
+        completion = 0
+        try:
+            ntok: dict[int, int] = {}
+            async for out in self.engine.generate(prompt_ids, params, ref):
+                for o in out.outputs:
+                    ntok[o.index] = len(o.token_ids)
+                    delta = o.text[sent[o.index]:]
+                    if delta or o.finish_reason:
+                        if first and delta:
+                            self.metrics.ttft.labels(name).observe(time.perf_counter() - start)
+                            first = False
+                        sent[o.index] = len(o.text)
+                        yield _sse({**base, "choices": [{"index": o.index, "delta": {"content": delta} if delta else {},
+                                                         "finish_reason": o.finish_reason}]})
+            completion = sum(ntok.values())
+            self.metrics.count_tokens(name, ref.version, len(prompt_ids), completion)
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": _usage(len(prompt_ids), completion)})
+        except Exception as e:  # headers are sent: report in-band, OpenAI style
+            log.exception("stream %s failed", rid)
+            yield _sse(APIError(500, f"generation failed: {type(e).__name__}: {e}", "server_error").body())
+        yield "data: [DONE]\n\n"
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request, req: ChatCompletionRequest) -> Response:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        return await self._observe(request, lambda: self._chat(request, req, messages, req.model))
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request, req: CompletionRequest) -> Response:
+        async def run() -> Response:
+            fp = self._authorize(request)
+            self._check_supported(req)
+            if req.stream and isinstance(req.prompt, list) and len(req.prompt) > 1:
+                raise bad_request("streaming supports a single prompt", param="prompt")
+            ref = self._resolve(req.model)
+            prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+            ids = [self.engine.text_prompt_ids(p) for p in prompts]
+            params = [self._params(req, len(x), req.max_tokens) for x in ids]
+            rid = f"cmpl-{uuid.uuid4().hex}"
+            headers = {VERSION_HEADER: ref.version, "X-Request-Id": rid}
+            log.info("completion model=%s version=%s key=%s prompts=%d", req.model, ref.version, fp, len(ids))
+            if req.stream:
+                include_usage = bool(req.stream_options and req.stream_options.include_usage)
+                return StreamingResponse(self._completion_stream(rid, req.model, ref, ids[0], params[0],
+                                                                 include_usage),
+                                         media_type="text/event-stream", headers=headers)
+            results = await asyncio.gather(*[self._complete(ref, req.model, x, p) for x, p in zip(ids, params)])
+            choices, pt, ct = [], 0, 0
+            for pi, (outs, p, c) in enumerate(results):
+                pt, ct = pt + p, ct + c
+                choices += [{"index": pi * req.n + o.index, "text": o.text, "logprobs": None,
+                             "finish_reason": o.finish_reason or "stop"} for o in outs]
+            body = {"id": rid, "object": "text_completion", "created": _now(), "model": req.model,
+                    "system_fingerprint": f"lexforge-{ref.version}", "choices": choices, "usage": _usage(pt, ct)}
+            return JSONResponse(body, headers=headers)
+
+        return await self._observe(request, run)
+
+    async def _completion_stream(self, rid, name, ref, prompt_ids, params, include_usage):
+        base = {"id": rid, "object": "text_completion", "created": _now(), "model": name}
+        sent: dict[int, int] = {}
+        try:
+            ntok: dict[int, int] = {}
+            async for out in self.engine.generate(prompt_ids, params, ref):
+                for o in out.outputs:
+                    ntok[o.index] = len(o.token_ids)
+                    delta = o.text[sent.get(o.index, 0):]
+                    if delta or o.finish_reason:
+                        sent[o.index] = len(o.text)
+                        yield _sse({**base, "choices": [{"index": o.index, "text": delta, "logprobs": None,
+                                                         "finish_reason": o.finish_reason}]})
+            completion = sum(ntok.values())
+            self.metrics.count_tokens(name, ref.version, len(prompt_ids), completion)
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": _usage(len(prompt_ids), completion)})
+        except Exception as e:
+            log.exception("stream %s failed", rid)
+            yield _sse(APIError(500, f"generation failed: {type(e).__name__}: {e}", "server_error").body())
+        yield "data: [DONE]\n\n"
+
+    # ---- legal ------------------------------------------------------------------------------------------
+    @api.post("/v1/legal/chat")
+    async def legal_chat(self, request: Request, req: LegalChatRequest) -> Response:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        messages = with_system_prompt(messages, req.system_prompt or self.s.system_prompt)
+        return await self._observe(request, lambda: self._chat(request, req, messages, req.model))
+
+    @api.post("/v1/legal/analyze")
+    async def legal_analyze(self, request: Request, req: LegalAnalyzeRequest) -> Response:
+        async def run() -> Response:
+            if req.stream:
+                raise bad_request("/v1/legal/analyze does not stream; use /v1/legal/chat", param="stream")
+            resp = await self._chat(request, req, legal_analyze_messages(req, self.s.system_prompt), req.model)
+            body = json.loads(resp.body)
+            out = {"id": body["id"], "object": "legal.analysis", "model": body["model"],
+                   "model_version": resp.headers[VERSION_HEADER], "jurisdiction": req.jurisdiction,
+                   "analysis": body["choices"][0]["message"]["content"],
+                   "finish_reason": body["choices"][0]["finish_reason"], "usage": body["usage"],
+                   "disclaimer": "Generated by a language model; not legal advice."}
+            return JSONResponse(out, headers={VERSION_HEADER: resp.headers[VERSION_HEADER]})
+
+        return await self._observe(request, run)
+
+    # ---- models / admin ---------------------------------------------------------------------------------
+    @api.get("/v1/models")
+    async def list_models(self, request: Request) -> Response:
+        self._authorize(request)
+        data = []
+        for ref in self.table.refs():
+            data.append({
+                "id": ref.name, "object": "model", "created": self._created, "owned_by": "lexforge",
+                "root": ref.path or self.s.base_model,
+                "parent": None if ref.name == self.s.base_name else self.s.base_name,
+                "version": ref.version, "kind": "base" if ref.path is None else "lora", "source": ref.source,
+            })
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _install_champion(self, champ: Champion, previous: AdapterRef | None = None) -> AdapterRef:
+        if champ.base_model and not _same_model(champ.base_model, self.s.base_model):
+            raise APIError(409, f"champion version {champ.version} was fine-tuned from {champ.base_model}, but this "
+                           f"server runs {self.s.base_model}; start a server for that base (lexforge serve --base)",
+                           "invalid_request_error", None, "base_model_mismatch")
+        if champ.adapter_path:
+            try:
+                check_adapter_dir(champ.adapter_path, self.s.max_lora_rank)
+            except AdapterError as e:
+                raise APIError(422, str(e), "invalid_request_error", "adapter_path", "invalid_adapter")
+        ref = self.table.build(self.s.served_name, champ.adapter_path, champ.version, source="champion")
+        await self.engine.load_adapter(ref)  # load first: the swap below is then instant and cannot fail
+        self.table.put(ref)
+        self.metrics.set_champion(self.s.served_name, ref.version)
+        self.champion_error = None
+        log.info("champion %s -> version %s (%s)", self.s.served_name, ref.version, ref.path or "base model")
+        return ref
+
+    @api.post("/admin/reload-champion")
+    async def reload_champion(self, request: Request) -> Response:
+        async def run() -> Response:
+            fp = self._authorize(request, admin=True)
+            raw = await request.body()
+            try:
+                body = ReloadChampionRequest.model_validate_json(raw) if raw.strip() else ReloadChampionRequest()
+            except Exception as e:
+                raise bad_request(f"invalid body: {e}", param="body")
+            async with self._reload_lock:
+                previous = self.table.get(self.s.served_name)
+                try:
+                    if body.adapter_path:
+                        champ = Champion(body.adapter_path, body.version or Path(body.adapter_path).name)
+                    else:
+                        champ = await asyncio.to_thread(self.champion_source.resolve)
+                    ref = await self._install_champion(champ, previous)
+                except APIError:
+                    self.metrics.reloads.labels("error").inc()
+                    raise
+                except Exception as e:
+                    self.metrics.reloads.labels("error").inc()
+                    raise APIError(502, f"could not resolve/load the champion: {type(e).__name__}: {e}; "
+                                   f"{self.s.served_name} still serves version {previous.version if previous else '-'}",
+                                   "server_error", None, "champion_reload_failed")
+            self.metrics.reloads.labels("ok").inc()
+            log.info("reload-champion by key=%s: %s -> %s", fp, previous.version if previous else None, ref.version)
+            return JSONResponse({"served_name": self.s.served_name, "version": ref.version,
+                                 "adapter_path": ref.path, "previous_version": previous.version if previous else None})
+
+        return await self._observe(request, run)
+
+    @api.post("/admin/adapters")
+    async def register_adapter(self, request: Request, reg: AdapterRegistration) -> Response:
+        async def run() -> Response:
+            self._authorize(request, admin=True)
+            if reg.name in (self.s.base_name, self.s.served_name):
+                raise APIError(409, f"{reg.name!r} is reserved (base model / stable champion name); "
+                               f"use POST /admin/reload-champion to change the champion",
+                               "invalid_request_error", "name", "reserved_name")
+            try:
+                check_adapter_dir(reg.path, self.s.max_lora_rank)
+            except AdapterError as e:
+                raise APIError(422, str(e), "invalid_request_error", "path", "invalid_adapter")
+            ref = self.table.build(reg.name, reg.path, reg.version or reg.name, source="admin")
+            await self.engine.load_adapter(ref)
+            old = self.table.put(ref)
+            return JSONResponse({"name": ref.name, "version": ref.version, "path": ref.path,
+                                 "replaced_version": old.version if old else None})
+
+        return await self._observe(request, run)
+
+    @api.get("/admin/adapters")
+    async def list_adapters(self, request: Request) -> Response:
+        self._authorize(request, admin=True)
+        return JSONResponse({"adapters": [{"name": r.name, "version": r.version, "path": r.path,
+                                           "lora_id": r.lora_id, "source": r.source} for r in self.table.refs()],
+                             "champion_error": self.champion_error})
+
+    @api.get("/metrics")
+    async def metrics_route(self, request: Request) -> Response:
+        self._authorize(request)
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    @api.get("/health")
+    async def health(self) -> Response:
+        try:
+            await self.engine.check_health()
+        except Exception as e:
+            return JSONResponse({"status": "unhealthy", "error": f"{type(e).__name__}"}, status_code=503)
+        champ = self.table.get(self.s.served_name)
+        return JSONResponse({"status": "ok", "served_name": self.s.served_name,
+                             "champion_version": champ.version if champ else None,
+                             "champion_error": self.champion_error})
+
+    async def check_health(self) -> None:  # Ray Serve's replica health check
+        await self.engine.check_health()
+
+    def __del__(self):
+        eng = getattr(self, "engine", None)
+        if eng is not None:
+            eng.shutdown()
+
+
+# ---- building and running -------------------------------------------------------------------------------------
+
+
+def build_app(s: ServeSettings):
+    """The bound Ray Serve application for ``s`` (pass to ``serve.run``)."""
+    actor: dict[str, Any] = {"num_cpus": s.num_cpus}
+    if s.resolved_accelerator() == "gpu":
+        actor["num_gpus"] = s.num_gpus or 1
+    return LexforgeServer.options(
+        num_replicas=s.num_replicas, ray_actor_options=actor, max_ongoing_requests=s.max_ongoing_requests,
+    ).bind(s.model_dump())
+
+
+def run_server(s: ServeSettings, host: str = "127.0.0.1", port: int = 8000, app_name: str = "lexforge",
+               ray_address: str | None = None, timeout_s: float = 600.0):
+    """Start (or join) Ray, start Serve's HTTP proxy on host:port and deploy the app; returns the handle.
+    Blocks until the engine is up (the base model and adapters loaded)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address or "local", include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(build_app(s), name=app_name, route_prefix="/", blocking=False)

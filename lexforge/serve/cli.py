@@ -1,0 +1,111 @@
+"""``lexforge serve``: run the Ray Serve + vLLM application (OpenAI-compatible) on the local or given Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def parse_adapters(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"--adapter {item!r}: use NAME=PATH (a PEFT LoRA directory)")
+        if not Path(path).expanduser().is_dir():
+            raise typer.BadParameter(f"--adapter {item!r}: directory {path} does not exist")
+        out[name] = path
+    return out
+
+
+def parse_champion(value: str, spec):
+    """``registry`` | ``file:PATH`` | ``dir:PATH`` | ``none``."""
+    from lexforge.serve.settings import ChampionSourceConfig
+
+    kind, _, arg = value.partition(":")
+    tracking = spec.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if kind == "registry":
+        if not tracking:
+            raise typer.BadParameter("--champion registry needs MLflow: set tracking.mlflow_uri or "
+                                     "$MLFLOW_TRACKING_URI (or run `lexforge up`)")
+        return ChampionSourceConfig(kind="registry", registered_model=arg or spec.promotion.registered_model,
+                                    tracking_uri=tracking)
+    if kind in ("file", "dir"):
+        if not arg:
+            raise typer.BadParameter(f"--champion {kind}:PATH needs a path")
+        return ChampionSourceConfig(kind=kind, path=str(Path(arg).expanduser().resolve()))
+    if kind == "none":
+        return ChampionSourceConfig(kind="none")
+    raise typer.BadParameter(f"--champion {value!r}: use registry[:NAME], file:PATH, dir:PATH or none")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve_cmd(
+        spec_path: Optional[Path] = typer.Argument(None, help="Job spec YAML (model.base, serve.*, promotion.*)"),
+        override: list[str] = typer.Option([], "--set", "-s", help="dotted.key=value spec override (repeatable)"),
+        base: Optional[str] = typer.Option(None, help="Base model dir/name [spec model.base]"),
+        adapter: list[str] = typer.Option([], "--adapter", "-a", help="NAME=PATH LoRA adapter (repeatable)"),
+        champion: str = typer.Option("auto", help="Champion source: registry[:NAME] | file:PATH | dir:PATH | none "
+                                                  "[auto = registry when MLflow is configured, else none]"),
+        host: str = typer.Option("127.0.0.1", help="HTTP bind address"),
+        port: int = typer.Option(8000, help="HTTP port"),
+        ray_address: Optional[str] = typer.Option(None, help="Ray address [spec resources.ray_address, "
+                                                             "$RAY_ADDRESS, else a local Ray]"),
+        keys_file: Optional[Path] = typer.Option(None, help="File with API keys (one per line), in addition to "
+                                                           "$LEXFORGE_API_KEYS"),
+        accelerator: str = typer.Option("auto", help="auto | cpu | gpu"),
+        num_replicas: int = typer.Option(1, help="Engine replicas (one engine each)"),
+        max_num_seqs: int = typer.Option(32, help="vLLM max concurrent sequences per replica"),
+        detach: bool = typer.Option(False, help="Deploy and return (the app keeps running on the Ray cluster)"),
+    ) -> None:
+        """Serve the base model, LoRA adapters by name and the @champion under spec.serve.served_name
+        (OpenAI-compatible API on Ray Serve + vLLM)."""
+        from lexforge.config import SpecError, load_spec, spec_from_dict
+        from lexforge.serve import auth
+        from lexforge.serve.settings import settings_from_spec
+
+        try:
+            spec = load_spec(spec_path, override) if spec_path else spec_from_dict(
+                {"name": "serve", "data": {"train": "-"}}, "<serve defaults>", override)
+            digests = auth.load_key_digests(auth.API_KEYS_ENV, keys_file)
+            admin = auth.load_key_digests(auth.ADMIN_KEYS_ENV)
+        except (SpecError, auth.AuthConfigError) as e:
+            console.print(f"[red]{e}[/]")
+            raise typer.Exit(2)
+        if not digests:
+            console.print(f"[red]no API keys: set ${auth.API_KEYS_ENV}=key1,key2 or --keys-file; every route "
+                          f"except /health needs one[/]")
+            raise typer.Exit(2)
+        champ = None if champion == "auto" else parse_champion(champion, spec)
+        settings = settings_from_spec(spec, base_model=base, adapters=parse_adapters(adapter), champion=champ,
+                                      api_key_digests=digests, admin_key_digests=admin, accelerator=accelerator,
+                                      num_replicas=num_replicas, max_num_seqs=max_num_seqs)
+        from lexforge.serve.app import run_server
+
+        address = ray_address or spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
+        with console.status(f"starting vLLM on Ray Serve ({settings.base_model})"):
+            run_server(settings, host=host, port=port, ray_address=address)
+        url = f"http://{host}:{port}"
+        console.print(f"[green]serving[/] {url}/v1  models: {settings.base_name}, {settings.served_name}"
+                      f"{', ' + ', '.join(settings.adapters) if settings.adapters else ''}  "
+                      f"(keys: {len(digests)}, admin keys: {len(admin) or 'same as API keys'})")
+        print(url)
+        if detach:
+            return
+        from ray import serve
+
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopping")
+        finally:
+            serve.delete("lexforge")
