@@ -99,21 +99,37 @@ def test_schema_validation_catches_mistakes():
         kubernetes_validate.validate(_as_pod_template(tmpl), K8S_VERSION, strict=True)
 
 
-def _cluster_specs() -> list[tuple[str, dict]]:
+def _role(obj: dict) -> str:
+    role = obj["metadata"].get("labels", {}).get("lexforge.io/role")
+    assert role in ("train", "serve"), f"{obj['kind']}/{obj['metadata']['name']}: label lexforge.io/role train|serve"
+    return role
+
+
+def _one(kind: str, role: str) -> dict:
+    found = [d for _, d in _objects(kind) if _role(d) == role]
+    assert len(found) == 1, f"expected one {role} {kind}, found {len(found)}"
+    return found[0]
+
+
+def _cluster_specs() -> list[tuple[str, dict, str]]:
+    """(where, RayClusterSpec, role) of every RayCluster and every RayJob that brings its own cluster."""
     out = []
     for p, d in _objects("RayCluster"):
-        out.append((f"{_rel(p)} RayCluster/{d['metadata']['name']}", d["spec"]))
+        out.append((f"{_rel(p)} RayCluster/{d['metadata']['name']}", d["spec"], _role(d)))
     for p, d in _objects("RayJob"):
-        out.append((f"{_rel(p)} RayJob/{d['metadata']['name']}.rayClusterSpec", d["spec"]["rayClusterSpec"]))
+        if "rayClusterSpec" in d["spec"]:
+            out.append((f"{_rel(p)} RayJob/{d['metadata']['name']}.rayClusterSpec", d["spec"]["rayClusterSpec"],
+                        _role(d)))
     return out
 
 
 def _pod_templates() -> list[tuple[str, dict, str]]:
+    """(where, pod template, role) of every head and worker group."""
     out = []
-    for where, spec in _cluster_specs():
-        out.append((f"{where}.headGroupSpec", spec["headGroupSpec"]["template"], "head"))
+    for where, spec, role in _cluster_specs():
+        out.append((f"{where}.headGroupSpec", spec["headGroupSpec"]["template"], role))
         for g in spec.get("workerGroupSpecs", []):
-            out.append((f"{where}.workerGroupSpecs[{g.get('groupName')}]", g["template"], "worker"))
+            out.append((f"{where}.workerGroupSpecs[{g.get('groupName')}]", g["template"], role))
     return out
 
 
@@ -123,7 +139,7 @@ def _as_pod_template(template: dict) -> dict:
 
 def test_kuberay_pod_templates_validate_as_kubernetes_pod_templates():
     templates = _pod_templates()
-    assert len(templates) >= 6  # 2 resources x (head + H100 + B200)
+    assert len(templates) >= 8  # train: 2 resources x (head + H100 + B200); serve: head + GPU group
     for where, tmpl, _ in templates:
         _k8s_validate(_as_pod_template(tmpl), where)
 
@@ -161,8 +177,8 @@ def _env(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
 
 
-@pytest.mark.parametrize("where,spec", _cluster_specs(), ids=lambda x: x if isinstance(x, str) else "")
-def test_kuberay_cluster_spec_structure(where, spec):
+@pytest.mark.parametrize("where,spec,role", _cluster_specs(), ids=lambda x: x if isinstance(x, str) and " " in x else "")
+def test_kuberay_cluster_spec_structure(where, spec, role):
     _unknown(spec, CLUSTER_SPEC_KEYS, where)
     assert spec.get("rayVersion"), f"{where}: set rayVersion"
     assert spec.get("enableInTreeAutoscaling") is True, f"{where}: enableInTreeAutoscaling must be true"
@@ -203,26 +219,36 @@ def test_kuberay_cluster_spec_structure(where, spec):
         assert requests.get("nvidia.com/gpu", limits["nvidia.com/gpu"]) == limits["nvidia.com/gpu"], \
             f"{gw}: GPU requests must equal limits"
         sel = pod.get("nodeSelector", {})
-        assert sel.get("karpenter.sh/capacity-type") == "spot", f"{gw}: workers belong on the spot pools"
         tolerated = {t.get("key") for t in pod.get("tolerations", [])}
-        assert {"nvidia.com/gpu", "lexforge.io/spot"} <= tolerated, f"{gw}: missing GPU/spot tolerations"
-        assert pod.get("terminationGracePeriodSeconds", 30) >= 60, f"{gw}: too little time for a preemption checkpoint"
+        assert "nvidia.com/gpu" in tolerated, f"{gw}: missing the GPU taint toleration"
+        if role == "train":
+            assert sel.get("karpenter.sh/capacity-type") == "spot", f"{gw}: training workers belong on the spot pools"
+            assert "lexforge.io/spot" in tolerated, f"{gw}: missing the spot toleration"
+            assert pod.get("terminationGracePeriodSeconds", 30) >= 60, f"{gw}: too little time for a preemption checkpoint"
+        else:
+            assert sel.get("karpenter.sh/capacity-type") == "on-demand", f"{gw}: live traffic needs on-demand nodes"
+            assert g["minReplicas"] >= 1, f"{gw}: serving must keep at least one GPU pod"
         products.add(sel.get("nvidia.com/gpu.product", ""))
         acc = "H100" if "H100" in sel.get("nvidia.com/gpu.product", "") else "B200"
         assert f"accelerator_type:{acc}" in g["rayStartParams"].get("resources", ""), \
             f"{gw}: declare accelerator_type:{acc} in rayStartParams.resources so the autoscaler can match specs"
-    assert any("H100" in p for p in products) and any("B200" in p for p in products), \
-        f"{where}: need H100 and B200 worker groups, have {sorted(products)}"
+    if role == "train":
+        assert any("H100" in p for p in products) and any("B200" in p for p in products), \
+            f"{where}: need H100 and B200 worker groups, have {sorted(products)}"
 
 
-@pytest.mark.parametrize("where,tmpl,role", _pod_templates(), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("where,tmpl,role", _pod_templates(),
+                         ids=lambda x: x if isinstance(x, str) and " " in x else "")
 def test_kuberay_pod_runtime_settings(where, tmpl, role):
     pod = tmpl["spec"]
     c = _container(tmpl, where)
     env = _env(c)
     assert env.get("NCCL_DEBUG", {}).get("value") == "WARN", f"{where}: NCCL_DEBUG=WARN"
-    for name in ("NCCL_IB_HCA", "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE"):
-        assert env.get(name, {}).get("value"), f"{where}: {name} must be set"
+    if role == "train":  # multi-node collectives over InfiniBand/RoCE
+        for name in ("NCCL_IB_HCA", "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE"):
+            assert env.get(name, {}).get("value"), f"{where}: {name} must be set"
+    image = c["image"].rsplit("/", 1)[-1]
+    assert image.startswith(f"lexforge-{role}:"), f"{where}: a {role} pod runs the lexforge-{role} image, not {image}"
     for name in ("DO_NOT_TRACK", "RAY_USAGE_STATS_ENABLED", "HF_HUB_OFFLINE"):
         assert name in env, f"{where}: {name} must be set (no telemetry, no hub downloads)"
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
@@ -237,19 +263,21 @@ def test_kuberay_pod_runtime_settings(where, tmpl, role):
     assert pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: run as non-root"
 
 
-def test_raycluster_gcs_fault_tolerance_uses_external_redis_with_secret():
-    (p, rc), = _objects("RayCluster")
+@pytest.mark.parametrize("role", ["train", "serve"])
+def test_raycluster_gcs_fault_tolerance_uses_external_redis_with_secret(role):
+    rc = _one("RayCluster", role)
     ft = rc["spec"]["gcsFaultToleranceOptions"]
     _unknown(ft, GCS_FT_KEYS, "gcsFaultToleranceOptions")
     assert re.match(r"^(redis://)?[a-z0-9.-]+:\d+$", ft["redisAddress"]), ft["redisAddress"]
     assert "value" not in ft["redisPassword"], "the Redis password must come from a Secret"
     assert ft["redisPassword"]["valueFrom"]["secretKeyRef"]["name"] == "lexforge-redis"
-    for g in rc["spec"]["workerGroupSpecs"]:
-        assert g["minReplicas"] == 0, "idle GPU pools should scale to zero"
+    if role == "train":
+        for g in rc["spec"]["workerGroupSpecs"]:
+            assert g["minReplicas"] == 0, "idle training GPU pools should scale to zero"
 
 
 def test_rayjob_runs_the_training_entrypoint_on_the_configmap_spec():
-    (p, job), = _objects("RayJob")
+    job = _one("RayJob", "train")
     spec = job["spec"]
     _unknown(spec, RAYJOB_KEYS, "RayJob.spec")
     assert spec["entrypoint"] == "python -m lexforge.train.entrypoint /config/spec.yaml"
@@ -264,6 +292,48 @@ def test_rayjob_runs_the_training_entrypoint_on_the_configmap_spec():
     assert cm["metadata"]["name"] == "lexforge-job-spec" and "spec.yaml" in cm["data"]
 
 
+def test_serving_cluster_deploy_job_and_service_fit_together():
+    cluster = _one("RayCluster", "serve")
+    job = _one("RayJob", "serve")
+    name = cluster["metadata"]["name"]
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": name}, "deploy job must target the serving cluster"
+    _unknown(job["spec"], RAYJOB_KEYS, "serve RayJob.spec")
+    argv = job["spec"]["entrypoint"].split()
+    assert argv[:3] == ["lexforge", "serve", "/config/spec.yaml"] and "--detach" in argv, argv
+    assert argv[argv.index("--host") + 1] == "0.0.0.0", "bind the pod network so the Service can reach the proxy"
+    port = int(argv[argv.index("--port") + 1])
+    head = cluster["spec"]["headGroupSpec"]["template"]
+    c = _container(head, "serve head")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    (_, svc), = [(p, d) for p, d in _objects("Service") if d["metadata"]["name"] == name]
+    assert svc["spec"]["selector"] == {"ray.io/cluster": name, "ray.io/node-type": "head"}
+    (sp,) = svc["spec"]["ports"]
+    assert ports[sp["targetPort"]] == port == sp["port"], "Service -> head container port -> --port must agree"
+    ann = head["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and int(ann["prometheus.io/port"]) == port
+    env = _env(c)
+    for key in ("LEXFORGE_API_KEYS", "LEXFORGE_ADMIN_API_KEYS"):
+        assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "lexforge-api", f"{key} from Secret lexforge-api"
+    # Replicas asked for fit the GPU group's maximum.
+    replicas = int(argv[argv.index("--num-replicas") + 1])
+    gpus = sum(g["maxReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+               for g in cluster["spec"]["workerGroupSpecs"])
+    assert replicas <= gpus
+
+
+def test_serve_deploy_entrypoint_uses_real_cli_options():
+    """The deploy job's flags exist on `lexforge serve` (read from the CLI, so renames there fail here)."""
+    argv = _one("RayJob", "serve")["spec"]["entrypoint"].split()
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    r = subprocess.run([str(Path(sys.executable).parent / "lexforge"), "serve", "--help"], env=env,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for flag in (a for a in argv if a.startswith("--")):
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", r.stdout), f"`lexforge serve` has no {flag}"
+    acc = argv[argv.index("--accelerator") + 1]
+    assert acc in r.stdout
+
+
 def test_configmap_job_spec_is_a_valid_jobspec_that_fits_the_rayjob():
     from lexforge.config import spec_from_dict
 
@@ -272,7 +342,7 @@ def test_configmap_job_spec_is_a_valid_jobspec_that_fits_the_rayjob():
     assert spec.storage.root.startswith("s3://"), "production checkpoints belong on shared S3 storage"
     assert spec.checkpoint.save_on_preemption
     assert spec.resources.use_gpu and spec.resources.accelerator_type in ("H100", "B200")
-    (_, job), = _objects("RayJob")
+    job = _one("RayJob", "train")
     acc = spec.resources.accelerator_type
     gpus = cpus = 0.0
     for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
