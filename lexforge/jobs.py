@@ -122,10 +122,13 @@ def active_job(client, run_name: str):
 
 
 def succeeded_job(client, run_name: str, spec_hash: str, dataset: str | None):
+    """The latest job of this run that completed training for this spec + data (not one that was preempted)."""
     for j in reversed(jobs_for_run(client, run_name)):
         md = j.metadata or {}
         if _status(j) == "SUCCEEDED" and md.get("spec_hash") == spec_hash and md.get("dataset", "") == (dataset or ""):
-            return j
+            result = parse_result(client.get_job_logs(j.submission_id)) or {}
+            if result.get("status", "completed") == "completed":
+                return j
     return None
 
 
@@ -142,12 +145,12 @@ def job_info_or_none(client, sid: str):
 
 
 def job_spec(spec: JobSpec) -> JobSpec:
-    """The spec as the job must see it: store and tracking URIs made explicit (the cluster has its own env)."""
-    s = spec.model_copy(deep=True)
-    s.storage.root = spec.storage.resolved_root()
-    if s.tracking.mlflow_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
-        s.tracking.mlflow_uri = os.environ["MLFLOW_TRACKING_URI"]
-    return s
+    """The spec as the job sees it. A jobs-API URL in ``resources.ray_address`` is where to submit, not an
+    address for ``ray.init``: inside the job, training connects to its own cluster ($RAY_ADDRESS)."""
+    if spec.resources.ray_address and spec.resources.ray_address.startswith(("http://", "https://")):
+        spec = spec.model_copy(deep=True)
+        spec.resources.ray_address = None
+    return spec
 
 
 def runtime_env_for(spec: JobSpec, work_dir: Path) -> dict[str, Any]:
@@ -266,9 +269,15 @@ def follow_job(
 
 
 def raise_for_outcome(outcome: JobOutcome) -> dict:
-    """The job's result dict, or :class:`TrainJobError` with the log tail."""
-    if outcome.status == "SUCCEEDED" and outcome.result is not None:
-        return outcome.result
+    """The job's result dict, or :class:`TrainJobError` with the log tail (also when training stopped early at
+    a checkpoint because it was preempted: the next attempt resumes there)."""
+    r = outcome.result
+    if outcome.status == "SUCCEEDED" and r is not None and r.get("status", "completed") == "completed":
+        return r
+    if outcome.status == "SUCCEEDED" and r is not None:
+        raise TrainJobError(f"Ray job {outcome.submission_id}: training {r.get('status')} at step {r.get('steps')} "
+                            f"({(r.get('details') or {}).get('preemption_reason') or 'stop requested'}); "
+                            "the next attempt resumes from the last checkpoint", outcome.submission_id, "PREEMPTED")
     why = "finished without a LEXFORGE_RESULT line" if outcome.status == "SUCCEEDED" else outcome.status
     tail = "\n".join(outcome.log_tail[-20:])
     raise TrainJobError(f"Ray job {outcome.submission_id} {why}: {outcome.message}\n--- last log lines ---\n{tail}",

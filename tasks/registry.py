@@ -32,15 +32,18 @@ def register(spec: JobSpec, trained, report):
     return mv
 
 
-def _decision_markdown(spec: JobSpec, name: str, version, decision, promoted: bool | None) -> str:
-    scores = getattr(decision, "scores", {}) or {}
-    reasons = "\n".join(f"- {r}" for r in (getattr(decision, "reasons", []) or [])) or "- (no reasons given)"
+def _decision_markdown(spec: JobSpec, name: str, version, decision, promoted: bool) -> str:
+    from lexforge.registry import decision_markdown
+
     url = _model_url(spec, name, version)
-    verdict = "PROMOTE" if decision.promote else "KEEP CHAMPION"
-    state = {True: "promoted to @champion", False: "not promoted (auto_promote is off)", None: "not promoted"}[promoted]
-    return (f"# Promotion decision: **{verdict}**\n\n`{name}` v{version} "
-            + (f"([MLflow]({url}))" if url else "") + f": {state}\n\n## Reasons\n\n{reasons}\n\n## Scores\n\n"
-            f"```json\n{json.dumps(scores, indent=2, default=str)[:6000]}\n```\n")
+    if promoted:
+        state = f"v{version} is now **@champion**"
+    elif decision.promote:
+        state = f"v{version} passed the gate but was not promoted (promotion.auto_promote is off)"
+    else:
+        state = f"v{version} stays @challenger; the champion is kept"
+    link = f" ([MLflow]({url}))" if url else ""
+    return f"# Promotion decision `{name}`{link}\n\n{state}\n\n{decision_markdown(decision)}\n"
 
 
 @task(name="decide-promotion", cache_policy=NONE)
@@ -60,10 +63,9 @@ def promote(spec: JobSpec, name: str, version, decision) -> bool:
 
     do = bool(decision.promote) and spec.promotion.auto_promote
     if do:
-        set_champion(name, version, decision)
+        set_champion(name, version, decision, by="prefect:retrain", tracking_uri=spec.tracking.mlflow_uri)
     create_markdown_artifact(key=artifact_key("promotion-decision", spec), description=f"promotion of {name} v{version}",
-                             markdown=_decision_markdown(spec, name, version, decision,
-                                                         True if do else (False if decision.promote else None)))
+                             markdown=_decision_markdown(spec, name, version, decision, do))
     return do
 
 
@@ -71,7 +73,7 @@ def promote(spec: JobSpec, name: str, version, decision) -> bool:
 def rollback(spec: JobSpec, name: str):
     from lexforge.registry import rollback as registry_rollback
 
-    mv = registry_rollback(name)
+    mv = registry_rollback(name, by="prefect:promote", tracking_uri=spec.tracking.mlflow_uri)
     create_markdown_artifact(key=artifact_key("promotion-decision", spec), description=f"rollback of {name}",
                              markdown=f"# Rollback\n\n`{name}` @champion -> v{mv.version} (previous champion)\n")
     return mv

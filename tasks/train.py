@@ -47,14 +47,16 @@ def _describe(p: dict) -> str:
 
 
 def _as_train_result(result: dict, output_dir: Path | None):
-    """The engine's TrainResult when available (registry/eval take it), else the plain dict."""
-    try:
-        from lexforge.train import TrainResult
-    except ImportError:
-        return {**result, "output_dir": str(output_dir) if output_dir else None}
+    """The engine's TrainResult (what evaluate/register take) when the job produced an output, else the dict."""
+    if output_dir is None:
+        return dict(result)
+    from lexforge.train import TrainResult
+
     fields = {f.name for f in dataclasses.fields(TrainResult)}
     kw = {k: v for k, v in result.items() if k in fields}
     kw["output_dir"] = output_dir
+    if "losses" in kw:
+        kw["losses"] = {int(k): v for k, v in (kw["losses"] or {}).items()}
     return TrainResult(**kw)
 
 

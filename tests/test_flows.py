@@ -146,3 +146,64 @@ def test_unreachable_ray_cluster_is_a_clear_error(tmp_path, lexforge_home):
     spec = load_spec(_fake_spec(tmp_path, "nowhere"), [f"resources.ray_address=http://127.0.0.1:{free_port()}"])
     with pytest.raises(ConnectionError, match="cannot reach the Ray jobs API"):
         jobs.job_client(spec)
+
+
+def _artifacts(flow_run_id) -> dict[str, object]:
+    """Latest artifact per key of a flow run (including its task runs)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as c:
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    out: dict[str, object] = {}
+    for a in sorted(arts, key=lambda a: a.created):
+        out[a.key or str(a.id)] = a
+    return out
+
+
+def _logs(flow_run_id) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    msgs: list[str] = []
+    with get_client(sync_client=True) as c:
+        offset = 0
+        while True:
+            page = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=offset)
+            msgs += [l.message for l in page]
+            if len(page) < 200:
+                return msgs
+            offset += 200
+
+
+def test_train_task_streams_job_logs_and_progress_to_prefect(tmp_path, ray_jobs_env, prefect_server):
+    from prefect import flow
+
+    from tasks.spec import load_job_spec
+    from tasks.train import train
+
+    spec_path = _fake_spec(tmp_path, "prefect-train", steps=8, every=4)
+    entry = _fake_entrypoint(tmp_path)
+
+    @flow(name="train-only")
+    def train_only(path: str):
+        spec = load_job_spec(path)
+        return train(spec, "d1", entrypoint=entry)
+
+    state = train_only(str(spec_path), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["steps"] == 8
+    fr_id = state.state_details.flow_run_id
+    arts = _artifacts(fr_id)
+    assert arts["training-progress-prefect-train"].data == 100.0
+    links = arts["training-links-prefect-train"].data
+    sid = jobs.submission_id("prefect-train", str(fr_id), 1)
+    assert f"{ray_jobs_env}/#/jobs/{sid}" in links and "SUCCEEDED" in links
+    assert "spec-prefect-train" in arts
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    logs = _wait(lambda: (lambda l: l if any("[ray] step 8 loss" in m for m in l) else None)(_logs(fr_id)), 30,
+                 "the job's log lines in the flow run's Prefect logs")
+    assert any(m.startswith("progress: step 8/8") for m in logs)
