@@ -92,7 +92,10 @@ class RegistryChampion:
         except ImportError as e:
             raise AdapterError(f"lexforge.registry.resolve_servable is not available ({e}); "
                                f"use a pointer file (--champion file:PATH) instead") from None
-        s = resolve_servable(self.registered_model, alias=self.alias)
+        try:
+            s = resolve_servable(self.registered_model, alias=self.alias, tracking_uri=self.tracking_uri)
+        except TypeError:  # older signature without tracking_uri
+            s = resolve_servable(self.registered_model, alias=self.alias)
         return Champion(getattr(s, "adapter_path", None) and str(s.adapter_path), str(s.version),
                         getattr(s, "base_model", None) and str(s.base_model))
 
