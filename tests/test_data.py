@@ -496,3 +496,49 @@ def test_streaming_memory_stays_flat(tmp_path):
     assert b["kept"] == rows and b["dropped"] == (rows + 99) // 100
     growth_mb = (b["rss_kb"] - a["rss_kb"]) / 1024
     assert growth_mb < 30, f"peak RSS grew {growth_mb:.1f} MB for a 20x larger (100 MB) input"
+
+
+def test_hash_index_matches_a_dict():
+    import random
+
+    from lexforge.data.hashindex import HashIndex
+
+    rng = random.Random(1)
+    idx, ref = HashIndex(capacity=4), {}
+    keys = [rng.getrandbits(64) for _ in range(20_000)] + [0, 1]  # 0 is stored as 1 (empty-slot marker)
+    keys += keys[:5000]  # repeats
+    for line, k in enumerate(keys, 1):
+        got = idx.setdefault(k, line)
+        want = ref.get(k or 1)
+        ref.setdefault(k or 1, line)
+        assert got == want
+    assert len(idx) == len(ref) and all(idx.get(k) == v for k, v in ref.items())
+    assert idx.get(12345) is None and idx.nbytes < 40 * len(ref)
+
+
+_ROWS_SCRIPT = r"""
+import json, resource, sys
+from lexforge.data import sanitize_file
+res = sanitize_file(sys.argv[1], sys.argv[2])
+print(json.dumps({"rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "kept": res.report["kept"]}))
+"""
+
+
+def test_per_row_memory_is_small(tmp_path):
+    """Many short distinct rows: what stays in memory per row (dedupe tables, split hashes) is tens of bytes."""
+    def make(path: Path, n: int) -> None:
+        with open(path, "w") as f:
+            for i in range(n):
+                f.write(json.dumps(chat(f"q{i}", f"a{i}")) + "\n")
+
+    def run(n: int) -> dict:
+        src = tmp_path / f"rows{n}.jsonl"
+        make(src, n)
+        out = subprocess.run([sys.executable, "-c", _ROWS_SCRIPT, str(src), str(tmp_path / f"o{n}.jsonl")],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    a, b = run(1000), run(150_000)
+    assert b["kept"] == 150_000
+    per_row = (b["rss_kb"] - a["rss_kb"]) * 1024 / (150_000 - 1000)
+    assert per_row < 150, f"{per_row:.0f} bytes of peak RSS per distinct row"

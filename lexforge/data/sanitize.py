@@ -1,8 +1,9 @@
 """Streaming sanitizer: JSONL in, canonical JSONL out, every repair and drop counted with its line number.
 
 Memory stays flat in the input size: the file is read line by line, rows are written as soon as their
-token length is known (batches of :data:`BATCH` rows), and per kept row only a few integers are held
-(two 64-bit dedupe hashes, a 64-bit split hash, a token count).
+token length is known (batches of :data:`BATCH` rows), and per kept row only a few integers are held in
+flat arrays (two 64-bit dedupe hashes with first line numbers in :class:`HashIndex` tables, a 64-bit split
+hash, a token count): roughly 50-80 bytes per distinct row, independent of row size.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lexforge.data.formats import DROP_REASONS, FORMATS, RowDrop, canonicalize, detect_format
+from lexforge.data.hashindex import HashIndex
 from lexforge.data.normalize import NEAR_DELETE, hash64
 
 BATCH = 256
@@ -103,8 +105,8 @@ class Sanitizer:
     def __init__(self, opts: SanitizeOptions, counter: Any = None):
         self.opts = opts
         self.counter = counter
-        self.exact: dict[int, int] = {}
-        self.near: dict[int, int] = {}
+        self.exact = HashIndex()
+        self.near = HashIndex()
 
     def run(self, src: Path, out: Path, progress: Any = None, row_log: Path | None = None,
             against: "Sanitizer | None" = None) -> SanitizeResult:
@@ -226,22 +228,19 @@ class _RunState:
         opts, san = self.opts, self.san
         nkey = hash64(near_key_of(data))
         if self.against is not None:
-            first = self.against.exact.get(ekey) or self.against.near.get(nkey)
+            first = self.against.exact.get(ekey) or self.against.near.get(nkey)  # line numbers start at 1
             if first is not None:
                 self.drop(lineno, "overlaps_train", f"same as training line {first}")
                 return True
-        if opts.dedupe:
-            first = san.exact.get(ekey)
-            if first is not None:
-                self.drop(lineno, "duplicate", f"exact duplicate of line {first}")
-                return True
-            san.exact[ekey] = lineno
-        if opts.near_dedupe:
-            first = san.near.get(nkey)
-            if first is not None:
-                self.drop(lineno, "near_duplicate", f"same text as line {first} up to case, spacing and punctuation")
-                return True
-            san.near[nkey] = lineno
+        # keys are always recorded (a validation file is checked against them even without dedupe)
+        first = san.exact.setdefault(ekey, lineno)
+        if opts.dedupe and first is not None:
+            self.drop(lineno, "duplicate", f"exact duplicate of line {first}")
+            return True
+        first = san.near.setdefault(nkey, lineno)
+        if opts.near_dedupe and first is not None:
+            self.drop(lineno, "near_duplicate", f"same text as line {first} up to case, spacing and punctuation")
+            return True
         return False
 
     def flush(self) -> None:
