@@ -1,7 +1,8 @@
 # lexforge serving image: Ray Serve + vLLM (CUDA) behind the OpenAI-compatible API (`lexforge serve`).
 #   docker build -f docker/serve.Dockerfile -t REGISTRY/lexforge-serve:0.1.0 .
-# vLLM's CUDA wheel brings its matching CUDA PyTorch; the rest is pinned by pyproject.toml.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
+# vLLM's CUDA wheel (CUDA 13 build on PyPI; NVIDIA driver >= 580) brings its matching PyTorch; the rest is pinned
+# by pyproject.toml.
+FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu22.04
 
 ARG VLLM_VERSION=0.32.0
 

@@ -1,12 +1,16 @@
-# lexforge training image (Ray head + GPU workers on KubeRay): CUDA 12.8 (H100 and B200/sm_100), PyTorch CUDA,
+# lexforge training image (Ray head + GPU workers on KubeRay): CUDA 13.0 (H100/sm_90 and B200/sm_100; NVIDIA
+# driver >= 580 on the nodes), PyTorch CUDA,
 # DeepSpeed, optional flash-attn, lexforge. Build from the repo root:
 #   docker build -f docker/train.Dockerfile -t REGISTRY/lexforge-train:0.1.0 .
 #   docker build -f docker/train.Dockerfile --build-arg INSTALL_FLASH_ATTN=1 -t REGISTRY/lexforge-train:0.1.0-fa .
 # Python deps are the same pins as pyproject.toml (torch CPU wheel swapped for the CUDA build).
-FROM nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04
+FROM nvidia/cuda:13.0.2-cudnn-devel-ubuntu22.04
 
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_CUDA=cu128
+# torch 2.13's default wheel on PyPI is built for CUDA 13 (matches the base image's nvcc, used by DeepSpeed's JIT
+# ops and flash-attn builds). For nodes with older drivers use e.g. https://download.pytorch.org/whl/cu128 and a
+# CUDA 12.8 base image.
+ARG TORCH_INDEX_URL=https://pypi.org/simple
 ARG INSTALL_FLASH_ATTN=0
 ARG FLASH_ATTN_VERSION=2.8.3.post2
 ARG BITSANDBYTES_VERSION=0.50.2
@@ -39,7 +43,7 @@ RUN apt-get update \
     && pip install --upgrade pip==25.3 wheel==0.48.0 setuptools==84.2.1
 
 # CUDA PyTorch first, then everything else pinned by pyproject.toml with torch held at that version.
-RUN pip install --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}" \
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt
 COPY pyproject.toml /src/pyproject.toml
 COPY docker/requirements_from_pyproject.py /src/docker/requirements_from_pyproject.py
