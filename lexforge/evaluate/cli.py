@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         label: str = typer.Option("candidate", help="Name of this model in the report (file runs/<name>/eval/<label>.json)"),
         base_model: Optional[str] = typer.Option(None, help="Base model [spec model.base]"),
         cost_per_hour: Optional[float] = typer.Option(None, help="Serving cost in USD/hour (else from the planner)"),
+        gpu: Optional[str] = typer.Option(None, help="GPU type for the planner's serving cost [planner default]"),
         engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers [spec eval.engine]"),
         override: list[str] = typer.Option([], "--set", "-s", help="dotted.key=value spec override (repeatable)"),
         as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON on stdout"),
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
             with Progress(console=console, transient=True) as prog:
                 task = prog.add_task(f"generating ({label})", total=None)
                 report = run_eval(spec, base_model or spec.model.base, str(adapter) if adapter else None, label,
-                                  cost_per_hour=cost_per_hour,
+                                  cost_per_hour=cost_per_hour, gpu=gpu,
                                   progress=lambda done, total: prog.update(task, completed=done, total=total))
         except (EvalError, TaskError, ValueError, FileNotFoundError) as e:
             console.print(f"[red]eval failed: {e}[/]")

@@ -45,7 +45,8 @@ def serving_cost(model: str, spec=None, cost_per_hour: float | None = None, gpu:
         return {"usd_per_hour": None, "source": "planner", "error": f"{type(e).__name__}: {e}"}
     usd = _read_cost(plan)
     out: dict[str, Any] = {"usd_per_hour": usd, "source": "planner"}
-    for attr in ("gpu", "num_gpus", "gpus", "replicas"):
+    for attr in ("gpu", "num_gpus", "precision", "context_len", "concurrency", "price_per_gpu_hour", "price_source",
+                 "fits"):
         v = plan.get(attr) if isinstance(plan, dict) else getattr(plan, attr, None)
         if isinstance(v, (str, int, float)):
             out[attr] = v
