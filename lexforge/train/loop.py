@@ -179,13 +179,19 @@ class Trainer:
         self.reporter.write({"step": start, "total_steps": self.total_steps, "loss": None, "tokens_per_s": None,
                              "eta_s": None, "status": "running", "updated_at": time.time()}) if self.ctx.rank == 0 else None
         first_step_at = None
+        train_seconds, tokens_total = 0.0, 0.0
+        delay = float(os.environ.get("LEXFORGE_STEP_DELAY_S", "0") or 0)  # drills/benchmarks: stretch tiny steps
         while step < self.total_steps:
             t0 = time.perf_counter()
             loss, stats = self.train_step(step)
             step += 1
+            if delay:
+                time.sleep(delay)
             step_time = time.perf_counter() - t0
             first_step_at = first_step_at or time.time()
             losses[step] = loss
+            train_seconds += step_time
+            tokens_total += stats["tokens"]
             self.ckpt.save(step, metrics={"loss": loss})
             stats.update(step_time_s=step_time, tokens_per_s=stats["tokens"] / step_time,
                          checkpoint_stall_s=self.ckpt.stats.last_stall_s)
@@ -197,7 +203,8 @@ class Trainer:
             self.ckpt.save(step, final=True, metrics={"loss": loss} if loss is not None else None)
         self.ckpt.close()
         result = {"status": status, "steps": step, "total_steps": self.total_steps, "final_loss": loss,
-                  "losses": losses, "resumed_from_step": self.ckpt.resumed_from, "first_step_at": first_step_at,
+                  "losses": losses, "train_seconds": train_seconds, "tokens_total": tokens_total,
+                  "checkpoint_saves": self.ckpt.stats.saves, "resumed_from_step": self.ckpt.resumed_from, "first_step_at": first_step_at,
                   "checkpoint_stall_s": self.ckpt.stats.total_stall_s, "committed_steps": self.ckpt.stats.committed_steps,
                   "preemption_reason": self.preemption.reason, "lineage": self.lineage,
                   "is_adapter": self.spec.method in ("lora", "qlora"), "base_model": self.config["base_model"],

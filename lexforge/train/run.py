@@ -26,7 +26,7 @@ from lexforge.train.preemption import clear_stop, request_stop
 from lexforge.train import tracking
 
 #: env vars forwarded to Ray Train workers (never credentials: those come from the cluster's environment).
-FORWARD_ENV = ("LEXFORGE_HOME", "LEXFORGE_PREEMPT_AT_STEP", "LEXFORGE_S3_ENDPOINT_URL", "HF_HUB_OFFLINE",
+FORWARD_ENV = ("LEXFORGE_HOME", "LEXFORGE_PREEMPT_AT_STEP", "LEXFORGE_STEP_DELAY_S", "LEXFORGE_S3_ENDPOINT_URL", "HF_HUB_OFFLINE",
                "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "TORCH_EXTENSIONS_DIR",
                "DS_ACCELERATOR", "NCCL_DEBUG", "NCCL_SOCKET_IFNAME", "NCCL_IB_DISABLE", "NCCL_P2P_DISABLE",
                "NCCL_NVLS_ENABLE", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "OMP_NUM_THREADS", "MLFLOW_TRACKING_URI",
@@ -222,7 +222,8 @@ def _to_result(spec: JobSpec, store, res: dict, run_id: str | None) -> TrainResu
         base_model=res["base_model"], steps=res["steps"], final_loss=res.get("final_loss"),
         resumed_from_step=res.get("resumed_from_step"), mlflow_run_id=run_id, lineage=res["lineage"], status=status,
         losses={int(k): v for k, v in res.get("losses", {}).items()},
-        details={k: res.get(k) for k in ("checkpoint_stall_s", "committed_steps", "preemption_reason",
+        details={k: res.get(k) for k in ("checkpoint_stall_s", "checkpoint_saves", "train_seconds", "tokens_total",
+                                          "committed_steps", "preemption_reason",
                                           "first_step_at", "total_steps", "world_size", "sigterm_handler")},
     )
 
