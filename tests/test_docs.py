@@ -77,6 +77,7 @@ def docs_env(tmp_path):
         "LEXFORGE_RAY_PORT": str(free_port()),
         "LEXFORGE_RAY_DASHBOARD_PORT": str(free_port()),
         "LEXFORGE_RAY_CLIENT_PORT": str(free_port()),
+        "LEXFORGE_RAY_AGENT_PORT": str(free_port()),
         "COLUMNS": "200",
         "NO_COLOR": "1",
         "TERM": "dumb",

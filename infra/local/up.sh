@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Thin wrapper over `lexforge up` for the embedded local stack (Prefect, MLflow, Ray head on 127.0.0.1).
 # Ports and state dir come from the usual env vars (LEXFORGE_HOME, LEXFORGE_PREFECT_PORT, LEXFORGE_MLFLOW_PORT,
-# LEXFORGE_RAY_PORT, LEXFORGE_RAY_DASHBOARD_PORT, LEXFORGE_RAY_CLIENT_PORT); extra arguments are passed through.
+# LEXFORGE_RAY_PORT, LEXFORGE_RAY_DASHBOARD_PORT, LEXFORGE_RAY_CLIENT_PORT, LEXFORGE_RAY_AGENT_PORT); extra
+# arguments are passed through.
 set -euo pipefail
 # shellcheck source=infra/local/_lexforge.sh
 . "$(dirname "$0")/_lexforge.sh"
