@@ -442,6 +442,8 @@ def test_cli_check_json_and_strict_exit(cli, tmp_path, tiny_model_dir):
     assert r.exit_code == 1 and f"{SAMPLE}:17: invalid_json" in " ".join(r.output.split())
     r = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "nope.jsonl")])
     assert r.exit_code == 1 and "input file not found" in r.output
+    r = CliRunner().invoke(cli, ["data", "check", str(SAMPLE), "--on-too-long", "cut"])
+    assert r.exit_code == 2 and "on_too_long must be drop or truncate" in r.output
 
 
 def test_cli_sanitize_writes_and_stores(cli, tmp_path, tiny_model_dir):
@@ -542,3 +544,14 @@ def test_per_row_memory_is_small(tmp_path):
     assert b["kept"] == 150_000
     per_row = (b["rss_kb"] - a["rss_kb"]) * 1024 / (150_000 - 1000)
     assert per_row < 150, f"{per_row:.0f} bytes of peak RSS per distinct row"
+
+
+def test_containers_that_are_not_utf8_jsonl(tmp_path):
+    import gzip
+
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "u16.jsonl").write_bytes(json.dumps(chat("q?", "a.")).encode("utf-16"))
+    (tmp_path / "gz.jsonl").write_bytes(gzip.compress(json.dumps(chat("q?", "a.")).encode()))
+    for name, msg in (("empty", "is empty"), ("u16", "UTF-16; re-export"), ("gz", "gzip-compressed")):
+        with pytest.raises(DataError, match=msg):
+            sanitize_file(tmp_path / f"{name}.jsonl", tmp_path / "o.jsonl", SanitizeOptions(format="chat"))

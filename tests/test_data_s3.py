@@ -86,3 +86,22 @@ def test_source_read_from_s3_uri(tmp_path, tok, moto_s3, bucket):
     missing = _spec(f"s3://{bucket}/raw/nope.jsonl", bucket, moto_s3)
     with pytest.raises((FileNotFoundError, DataError), match="not found"):
         prepare_dataset(missing, tokenizer=tok, work_dir=tmp_path / "w2")
+
+
+def test_cli_check_reads_s3_uri(moto_s3, bucket):
+    import typer
+    from typer.testing import CliRunner
+
+    from lexforge.data.cli import register
+
+    boto3.client("s3", endpoint_url=moto_s3).put_object(Bucket=bucket, Key="exports/qa.jsonl",
+                                                        Body=sample_path("legal_qa.jsonl").read_bytes())
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    r = CliRunner().invoke(app, ["data", "check", f"s3://{bucket}/exports/qa.jsonl", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert (rep["total"], rep["kept"], rep["dropped_total"]) == (168, 159, 9)
+    r = CliRunner().invoke(app, ["data", "check", f"s3://{bucket}/exports/missing.jsonl"])
+    assert r.exit_code == 1 and "not found" in r.output

@@ -54,7 +54,7 @@ def _check_input(path: Path) -> None:
 
 @data_app.command("check")
 def check(
-    input: Path = typer.Argument(..., help="JSONL file to check"),
+    input: str = typer.Argument(..., help="JSONL file to check (path, file:// or s3://bucket/key)"),
     format: str = typer.Option("auto", "--format", "-f", help="auto | chat | preference | grpo"),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "--model", "-m",
                                             help="Tokenizer/model dir or name [default base model if installed]"),
@@ -68,16 +68,22 @@ def check(
     """Report what sanitizing would repair and drop (with line numbers); writes nothing but --report."""
     from lexforge.data.report import print_report
     from lexforge.data.sanitize import DataError, SanitizeOptions, sanitize_file
+    from lexforge.data.store import fetch_source
 
-    _check_input(input)
+    if "://" not in input:
+        _check_input(Path(input))
+    try:
+        opts = SanitizeOptions(format=format, max_seq_len=max_seq_len, on_too_long=on_too_long, strict=strict,
+                               dedupe=not no_dedupe, near_dedupe=not no_dedupe)
+    except DataError as e:
+        _fail(str(e), 2)
     tok = _tokenizer(tokenizer, required=False)
-    opts = SanitizeOptions(format=format, max_seq_len=max_seq_len, on_too_long=on_too_long, strict=strict,
-                           dedupe=not no_dedupe, near_dedupe=not no_dedupe)
     with tempfile.TemporaryDirectory(prefix="lexforge-check-") as tmp:
         try:
+            src = fetch_source(input, Path(tmp))
             with _progress() as p:
-                res = sanitize_file(input, Path(tmp) / "out.jsonl", opts, tokenizer=tok, progress=p)
-        except DataError as e:
+                res = sanitize_file(src, Path(tmp) / "out.jsonl", opts, tokenizer=tok, progress=p)
+        except (DataError, FileNotFoundError, ValueError) as e:
             _fail(str(e))
         rep = dict(res.report, row_log=None)
     if report:

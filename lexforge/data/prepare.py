@@ -15,7 +15,7 @@ from typing import Any
 
 from lexforge.config import JobSpec, lexforge_home
 from lexforge.data import store as cas
-from lexforge.data.sanitize import DataError, SanitizeOptions, Sanitizer
+from lexforge.data.sanitize import DataError, SanitizeOptions, Sanitizer, sniff_format
 from lexforge.data.split import split_file
 from lexforge.data.tokens import TokenCounter, load_tokenizer, token_stats, tokenizer_name
 
@@ -74,14 +74,13 @@ def prepare_dataset(spec: JobSpec, tokenizer=None, work_dir: Path | None = None,
     src = cas.fetch_source(spec.data.train, work, endpoint)
     if not src.is_file():
         raise DataError(f"training data {spec.data.train} not found")
+    fmt = spec.data.format if spec.data.format != "auto" else sniff_format(src)
+    _check_stage(spec, fmt, spec.data.train)  # before any work: a wrong file fails in milliseconds
     tok = tokenizer if tokenizer is not None else _tokenizer_for(spec)
-    fmt = spec.data.format
     opts = spec_sanitize_options(spec, fmt)
     counter = TokenCounter(tok, spec.data.max_seq_len, spec.data.on_too_long)
     sanitizer = Sanitizer(opts, counter)
     res = sanitizer.run(src, work / "sanitized.jsonl", progress=progress, row_log=work / "rows.jsonl")
-    fmt = res.report["format"]
-    _check_stage(spec, fmt, spec.data.train)
     if res.report["kept"] == 0:
         raise DataError(f"{spec.data.train}: no usable rows ({res.report['dropped_total']} dropped; "
                         f"see {work / 'report.json'} or run `lexforge data check {spec.data.train}`)")

@@ -42,6 +42,14 @@ class SanitizeOptions:
     seed: int = 42
     max_lines_per_reason: int = 1000
 
+    def __post_init__(self) -> None:
+        if self.format not in ("auto", *FORMATS):
+            raise DataError(f"unknown data format {self.format!r}; use auto, {', '.join(FORMATS)}")
+        if self.on_too_long not in ("drop", "truncate"):
+            raise DataError(f"on_too_long must be drop or truncate, not {self.on_too_long!r}")
+        if self.max_seq_len <= 8:
+            raise DataError(f"max_seq_len must be > 8, not {self.max_seq_len}")
+
 
 @dataclass
 class SanitizeResult:
@@ -76,7 +84,20 @@ def near_key_of(line: bytes) -> bytes:
     return line.lower().translate(None, NEAR_DELETE)
 
 
+def check_container(path: Path) -> None:
+    """Fail early, with the fix, on files that are not line-delimited UTF-8 text at all."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise DataError(f"{path}: the file is empty")
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataError(f"{path}: the file is UTF-16; re-export it as UTF-8 (e.g. `iconv -f utf-16 -t utf-8`)")
+    if head[:2] == b"\x1f\x8b":
+        raise DataError(f"{path}: the file is gzip-compressed; decompress it first (`gunzip -k {path.name}`)")
+
+
 def sniff_format(path: Path, n: int = DETECT_LINES) -> str:
+    check_container(path)
     objs = []
     with open(path, "rb") as f:
         for i, raw in enumerate(f):
@@ -113,6 +134,7 @@ class Sanitizer:
         src, out = Path(src), Path(out)
         if not src.is_file():
             raise DataError(f"{src}: input file not found")
+        check_container(src)
         fmt = self.opts.format
         detected = fmt == "auto"
         if detected:
