@@ -145,6 +145,8 @@ def build_spec(job_id: str, req: JobCreate, *, base_model_path: str, train_uri: 
     site.setdefault("hyperparams", {}).update(hyper)
     if lora:
         site.setdefault("lora", {}).update(lora)
+    if not (site.get("eval") or {}).get("suites"):
+        site.setdefault("eval", {})["suites"] = default_eval_suites()
     site["storage"] = {"root": store_root, "s3_endpoint_url": s3_endpoint_url}
     tags = dict(site.get("tags") or {})
     tags.update({"api_job": job_id, "api_model": req.model})
@@ -155,6 +157,14 @@ def build_spec(job_id: str, req: JobCreate, *, base_model_path: str, train_uri: 
         return spec_from_dict(site, f"fine-tuning job {job_id}")
     except SpecError as e:
         raise bad_request(str(e), "hyperparameters", "invalid_hyperparameters") from None
+
+
+def default_eval_suites() -> list[dict[str, str]]:
+    """The eval gate of the retrain pipeline needs suites: without site overrides (eval.suites=[...] in
+    LEXFORGE_API_SPEC_OVERRIDES) API jobs use the shipped LegalBench-layout statute tasks."""
+    root = Path(__file__).resolve().parents[1] / "samples" / "data" / "legalbench" / "tasks"
+    kinds = {"statute_yes_no": "closed", "statute_mcq": "closed", "statute_explain": "open"}
+    return [{"name": n, "path": str(root / n), "kind": k} for n, k in kinds.items() if (root / n).is_dir()]
 
 
 def resolve_base_model(name: str, allowed: tuple[str, ...]) -> str:

@@ -443,12 +443,24 @@ class FineTuningService:
         return int(time.time() + eta) if isinstance(eta, (int, float)) else None
 
     def _trained_tokens(self, row: dict[str, Any]) -> int | None:
-        for key in (f"runs/{row['spec_name']}/output/lineage.json", f"runs/{row['spec_name']}/progress.json"):
-            doc = self._read_json(key) or {}
-            for field in ("trained_tokens", "tokens_seen", "total_tokens"):
-                if isinstance(doc.get(field), (int, float)):
-                    return int(doc[field])
-        return None
+        """Tokens trained on: an explicit count in the output lineage when the trainer records one, else an
+        estimate from the data step's records (mean tokens per sanitized row x train rows x epochs)."""
+        out = self._read_json(f"runs/{row['spec_name']}/output/lineage.json") or {}
+        for field in ("trained_tokens", "tokens_seen", "total_tokens"):
+            if isinstance(out.get(field), (int, float)):
+                return int(out[field])
+        digest = out.get("dataset_digest")
+        if not digest:
+            return None
+        lineage = self._read_json(f"datasets/sha256/{digest}/lineage.json") or {}
+        try:
+            sanitized = lineage["sanitized"]["sha256"]
+            train_rows = int(lineage["splits"]["train"]["rows"])
+            stats = (self._read_json(f"datasets/sha256/{sanitized}/report.json") or {})["token_stats"]
+            epochs = float((row["hyperparameters"] or {}).get("n_epochs") or 1)
+            return int(round(stats["total_tokens"] / stats["rows"] * train_rows * epochs))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return None
 
     def _write_results_file(self, row: dict[str, Any]) -> str:
         """The OpenAI-style ``step_metrics.csv`` result file, from the job's metrics events."""
