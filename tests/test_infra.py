@@ -420,7 +420,8 @@ def test_helm_values_use_existing_secrets_and_disable_telemetry():
     s3 = mlflow["artifactRoot"]["s3"]
     assert s3["enabled"] is True and s3["existingSecret"]["name"]
     assert not s3.get("awsAccessKeyId") and not s3.get("awsSecretAccessKey")
-    assert mlflow["extraEnvVars"]["MLFLOW_ENABLE_TELEMETRY"] == "false"
+    assert mlflow["extraEnvVars"]["MLFLOW_ENABLE_TELEMETRY"] == "false" and mlflow["telemetry"]["enabled"] is False
+    assert mlflow["postgresql"]["enabled"] is False, "use the external PostgreSQL, not the bundled subchart"
 
     server = yaml.safe_load((INFRA / "helm/prefect-server-values.yaml").read_text())
     assert server["postgresql"]["enabled"] is False and server["secret"]["create"] is False
@@ -435,7 +436,7 @@ def test_helm_values_use_existing_secrets_and_disable_telemetry():
     from importlib.metadata import version
 
     pv = version("prefect")
-    assert server["server"]["image"]["prefectTag"].startswith(pv), (server["server"]["image"]["prefectTag"], pv)
+    assert server["global"]["prefect"]["image"]["prefectTag"].startswith(pv), (server["global"], pv)
     assert worker["image"]["prefectTag"].startswith(pv)
     assert mlflow["image"]["tag"] == version("mlflow")
 
