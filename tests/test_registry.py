@@ -1,0 +1,248 @@
+"""Model registry on a real MLflow server (sqlite backend; and one with S3 artifacts on moto): register with
+evidence, the promotion policy, atomic promote/rollback with audit, and resolving @champion to local files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lexforge.config import PromotionSpec, spec_from_dict
+from lexforge.evaluate import EvalReport
+from lexforge.procs import bin_path, spawn, stop_group, wait_http
+from lexforge.registry import (
+    PromotionRefused,
+    RegistryError,
+    audit_log,
+    decide_promotion,
+    list_versions,
+    promote,
+    register_model,
+    resolve_servable,
+    rollback,
+)
+from lexforge.registry.core import aliases_of, client
+from lexforge.registry.policy import evaluate_policy
+from lexforge.testing import free_port
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # 2 shared cores
+
+
+def _report(label, yes_no, mcq, explain, open_metric="reference_overlap", cost=None, closed_weight=0.5):
+    suites = {"yes_no": {"kind": "closed", "metric": "balanced_accuracy", "score": yes_no, "n": 58},
+              "mcq": {"kind": "closed", "metric": "balanced_accuracy", "score": mcq, "n": 10},
+              "explain": {"kind": "open", "metric": "reference_overlap_token_f1", "score": explain, "n": 10}}
+    closed = (yes_no + mcq) / 2
+    return EvalReport(label=label, suites=suites, closed=closed, open=explain,
+                      blended=closed_weight * closed + (1 - closed_weight) * explain, open_metric=open_metric,
+                      closed_weight=closed_weight,
+                      cost=None if cost is None else {"usd_per_hour": cost, "source": "input",
+                                                      "score_per_usd_hour": None})
+
+
+def _train_result(spec, adapter_dir: Path, base: Path, digest="d" * 64):
+    from lexforge.train.run import TrainResult
+
+    return TrainResult(run_name=spec.name, output_dir=adapter_dir, output_uri=f"store://runs/{spec.name}/output",
+                       is_adapter=True, base_model=str(base), steps=3, final_loss=1.0, resumed_from_step=None,
+                       mlflow_run_id=None, lineage={"spec_hash": spec.spec_hash(), "dataset_digest": digest})
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory):
+    """Three real PEFT LoRA adapters on the tiny model (different seeds -> different weights)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        d = tmp_path_factory.mktemp(f"adapter{seed}") / "adapter"
+        m.save_pretrained(d)
+        out.append(d)
+    return out
+
+
+def _spec(name, tmp_path, **promotion):
+    return spec_from_dict({"name": name, "data": {"train": "unused.jsonl"},
+                           "storage": {"root": str(tmp_path / "store")},
+                           "promotion": {"registered_model": name, **promotion}})
+
+
+# ---- the policy itself ----------------------------------------------------------------------------------------
+
+
+def _scores(blended, suites, metric="judge", cost=None):
+    return {"blended": blended, "closed": None, "open": None, "open_metric": metric, "cost_usd_per_hour": cost,
+            "suites": suites}
+
+
+def test_policy_margin_regression_cost_and_comparability():
+    pol = PromotionSpec(min_improvement=0.05, max_suite_regression=0.02, require_not_costlier=True)
+    champ = _scores(0.60, {"a": 0.6, "b": 0.6}, cost=4.0)
+    ok, why = evaluate_policy(pol, _scores(0.70, {"a": 0.8, "b": 0.59}, cost=4.0), champ)
+    assert ok, why
+    ok, why = evaluate_policy(pol, _scores(0.64, {"a": 0.7, "b": 0.6}, cost=4.0), champ)
+    assert not ok and any(r.startswith("FAIL blended") for r in why)  # +0.04 < margin 0.05
+    ok, why = evaluate_policy(pol, _scores(0.80, {"a": 1.0, "b": 0.55}, cost=4.0), champ)
+    assert not ok and any(r.startswith("FAIL suite b") for r in why)  # b dropped 0.05 > 0.02
+    ok, why = evaluate_policy(pol, _scores(0.80, {"a": 1.0, "b": 0.6}, cost=8.5), champ)
+    assert not ok and any(r.startswith("FAIL cost") for r in why)
+    ok, why = evaluate_policy(pol, _scores(0.80, {"a": 1.0, "b": 0.6}, metric="reference_overlap", cost=4.0), champ)
+    assert not ok and any("not comparable" in r for r in why)
+    ok, why = evaluate_policy(pol, _scores(0.80, {"a": 1.0}, cost=4.0), champ)
+    assert not ok and any("suite b" in r and "not evaluated" in r for r in why)
+    ok, why = evaluate_policy(PromotionSpec(), _scores(0.6, {"a": 0.6}), _scores(0.6, {"a": 0.6}))
+    assert not ok  # equal is not "beating" the champion
+    ok, why = evaluate_policy(PromotionSpec(), _scores(0.1, {}), None)
+    assert ok and "no current champion" in why[0]
+
+
+# ---- registry on a real MLflow server ------------------------------------------------------------------------
+
+
+def test_register_gate_promote_resolve_rollback_audit(mlflow_server, tmp_path, tiny_model_dir, adapters,
+                                                      monkeypatch):
+    monkeypatch.setenv("LEXFORGE_ACTOR", "alice@firm")
+    monkeypatch.setenv("LEXFORGE_HOME", str(tmp_path / "home"))
+    name = "legal-reg-a"
+    spec = _spec(name, tmp_path, min_improvement=0.01, max_suite_regression=0.02)
+
+    v1 = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("v1", 0.6, 0.5, 0.3))
+    assert v1.version == "1" and v1.aliases == ["challenger"]
+    assert v1.tags["base_model"] == str(tiny_model_dir) and v1.tags["spec_hash"] == spec.spec_hash()
+    assert v1.tags["dataset_digest"] == "d" * 64 and v1.tags["is_adapter"] == "true"
+    assert float(v1.tags["eval.blended"]) == pytest.approx(0.5 * 0.55 + 0.5 * 0.3)
+    assert float(v1.tags["eval.suite.mcq"]) == pytest.approx(0.5)
+
+    d1 = decide_promotion(spec, name, "1")
+    assert d1.promote and d1.champion is None
+    promote(name, "1", d1, reason="first model")
+    c = client()
+    assert aliases_of(c, name) == {"champion": "1"}  # challenger alias consumed by the promotion
+
+    # v2: better blended, but one suite regresses beyond tolerance -> refused, reasons recorded
+    v2 = register_model(spec, _train_result(spec, adapters[1], tiny_model_dir), _report("v2", 0.9, 0.4, 0.5))
+    d2 = decide_promotion(spec, name, v2.version)
+    assert not d2.promote and any("suite mcq" in r for r in d2.failed_reasons())
+    with pytest.raises(PromotionRefused, match="suite mcq"):
+        promote(name, v2.version, d2)
+    tags2 = c.get_model_version(name, "2").tags
+    assert tags2["promotion.decision"] == "reject" and "suite mcq" in tags2["promotion.reasons"]
+    assert "KEEP CHAMPION" in d2.to_markdown() and "| suite mcq | 0.4000 | 0.5000 |" in d2.to_markdown()
+    assert aliases_of(c, name) == {"champion": "1", "challenger": "2"}
+
+    # v3: beats on every count -> promoted; v1 becomes previous_champion first, champion never missing
+    v3 = register_model(spec, _train_result(spec, adapters[2], tiny_model_dir), _report("v3", 0.7, 0.52, 0.4))
+    d3 = decide_promotion(spec, name, v3.version)
+    assert d3.promote, d3.reasons
+    promote(name, v3.version, d3)
+    assert aliases_of(c, name) == {"champion": "3", "previous_champion": "1", "challenger": "2"}
+    t3 = c.get_model_version(name, "3").tags
+    assert t3["promotion.promoted_by"] == "alice@firm" and t3["promotion.replaced_version"] == "1"
+
+    # resolve @champion to local, servable files: the exact adapter registered as v3, loadable by PEFT
+    s = resolve_servable(f"models:/{name}@champion")
+    assert s.version == "3" and s.base_model == str(tiny_model_dir)
+    ad = Path(s.adapter_path)
+    assert (ad / "adapter_config.json").is_file()
+    assert (ad / "adapter_model.safetensors").read_bytes() == (adapters[2] / "adapter_model.safetensors").read_bytes()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(s.base_model), s.adapter_path)
+
+    # rollback: champion back to v1 in one move; v3 marked; no further rollback target
+    back = rollback(name, reason="client complaint about v3")
+    assert back.version == "1"
+    assert aliases_of(c, name) == {"champion": "1", "challenger": "2"}
+    t3 = c.get_model_version(name, "3").tags
+    assert t3["promotion.status"] == "rolled_back" and t3["promotion.rollback_reason"] == "client complaint about v3"
+    with pytest.raises(RegistryError, match="no previous_champion"):
+        rollback(name)
+    assert resolve_servable(name, "champion").version == "1"
+
+    log = audit_log(name)
+    actions = [e["action"] for e in log]
+    assert actions.count("register") == 3 and actions.count("promote") == 2 and actions[-1] == "rollback"
+    assert all(e["by"] == "alice@firm" and e["at"] for e in log)
+    assert log[-1]["version"] == "1" and log[-1]["from_version"] == "3"
+    assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
+    # the decision and audit entries are also artifacts of the version's run
+    run_files = [f.path for f in c.list_artifacts(c.get_model_version(name, "3").run_id, "promotion")]
+    assert any(p.endswith(".md") for p in run_files) and any(p.endswith(".json") for p in run_files)
+    assert [v.version for v in list_versions(name)] == ["1", "2", "3"]
+
+
+def test_cli_promote_auto_list_rollback(mlflow_server, tmp_path, tiny_model_dir, adapters):
+    name = "legal-reg-cli"
+    spec = _spec(name, tmp_path, require_not_costlier=True)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(spec.to_yaml())
+    env = {**os.environ, "LEXFORGE_ACTOR": "bob@firm", "LEXFORGE_HOME": str(tmp_path / "home")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "lexforge.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("a", 0.5, 0.5, 0.2, cost=4.0))
+    r = cli("promote", name, "--auto", "--spec", str(spec_file))
+    assert r.returncode == 0, r.stderr
+    assert "PROMOTE" in r.stdout
+    # costlier challenger is refused under require_not_costlier (exit 1, champion unchanged)
+    register_model(spec, _train_result(spec, adapters[1], tiny_model_dir), _report("b", 0.9, 0.9, 0.5, cost=8.5))
+    r = cli("promote", name, "--auto", "--spec", str(spec_file))
+    assert r.returncode == 1 and "FAIL cost" in r.stdout
+    # a person can force it; recorded as FORCED with their reason
+    r = cli("promote", name, "2", "--spec", str(spec_file), "--force", "--reason", "partner sign-off")
+    assert r.returncode == 0, r.stderr
+    tags = client().get_model_version(name, "2").tags
+    assert tags["promotion.reason"].startswith("FORCED") and "partner sign-off" in tags["promotion.reason"]
+    r = cli("registry", "list", name, "--json")
+    rows = {v["version"]: v for v in json.loads(r.stdout)}
+    assert rows["2"]["aliases"] == ["champion"] and rows["1"]["aliases"] == ["previous_champion"]
+    r = cli("rollback", name, "--reason", "cost")
+    assert r.returncode == 0, r.stderr
+    assert aliases_of(client(), name)["champion"] == "1"
+    r = cli("rollback", name)
+    assert r.returncode == 2 and "no previous_champion" in r.stderr
+    r = cli("registry", "audit", name)
+    assert [json.loads(l)["action"] for l in r.stdout.splitlines()][-1] == "rollback"
+
+
+def test_registry_with_s3_artifacts(moto_s3, tmp_path, tiny_model_dir, adapters, monkeypatch):
+    """A second MLflow server whose artifacts live in S3 (moto); resolve_servable pulls them back through it."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1").create_bucket(Bucket="mlflow-art")
+    port = free_port()
+    log = tmp_path / "mlflow-s3.log"
+    proc = spawn([bin_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                  "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                  "--artifacts-destination", "s3://mlflow-art/lexforge", "--serve-artifacts", "--workers", "1"],
+                 log, env={"MLFLOW_S3_ENDPOINT_URL": moto_s3})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", timeout=120, proc=proc, log_path=log)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("LEXFORGE_HOME", str(tmp_path / "home"))
+        name = "legal-reg-s3"
+        spec = _spec(name, tmp_path)
+        v = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("s3", 0.5, 0.5, 0.5))
+        promote(name, v.version, decide_promotion(spec, name, v.version))
+        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
+                .list_objects_v2(Bucket="mlflow-art")["Contents"]]
+        assert any(k.endswith("model/adapter_model.safetensors") for k in keys)
+        s = resolve_servable(name)
+        assert (Path(s.adapter_path) / "adapter_model.safetensors").read_bytes() == \
+            (adapters[0] / "adapter_model.safetensors").read_bytes()
+    finally:
+        stop_group(proc.pid)
