@@ -39,7 +39,20 @@ def retrain(spec_path: str, overrides: list[str] | None = None, train_retries: i
     return run_pipeline(spec, train_retries=train_retries, deploy=deploy)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m flows.retrain SPEC [k=v ...] [--result-line]``: one flow run against $PREFECT_API_URL."""
+    import json
     import sys
 
-    print(retrain(sys.argv[1], sys.argv[2:]))
+    args = list(sys.argv[1:] if argv is None else argv)
+    result_line = "--result-line" in args
+    args = [a for a in args if a != "--result-line"]
+    if not args:
+        raise SystemExit("usage: python -m flows.retrain SPEC.yaml [dotted.key=value ...] [--result-line]")
+    result = retrain(args[0], args[1:])
+    print(("LEXFORGE_FLOW_RESULT " if result_line else "") + json.dumps(result, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()
