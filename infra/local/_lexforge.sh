@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by infra/local/*.sh: finds the lexforge CLI (the repo's .venv first, then PATH).
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 if [ -x "$_root/.venv/bin/lexforge" ]; then
