@@ -339,6 +339,20 @@ def test_serve_deploy_entrypoint_uses_real_cli_options():
     assert acc in r.stdout
 
 
+def test_egress_is_locked_down():
+    """Every pod in the lexforge namespace is selected and may only reach listed destinations."""
+    (_, pol), = [(p, d) for p, d in _objects("NetworkPolicy") if d["metadata"]["name"] == "lexforge-egress"]
+    assert pol["metadata"]["namespace"] == "lexforge" and pol["spec"]["podSelector"] == {}
+    assert "Egress" in pol["spec"]["policyTypes"]
+    for rule in pol["spec"]["egress"]:
+        assert rule.get("to"), "an egress rule without `to` allows every destination"
+        for peer in rule["to"]:
+            cidr = peer.get("ipBlock", {}).get("cidr", "")
+            assert cidr not in ("0.0.0.0/0", "::/0"), "egress to the whole internet"
+            if "ipBlock" in peer:
+                assert rule.get("ports"), "an ipBlock egress rule must name its ports"
+
+
 def test_configmap_job_spec_is_a_valid_jobspec_that_fits_the_rayjob():
     from lexforge.config import spec_from_dict
 
