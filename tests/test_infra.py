@@ -266,6 +266,11 @@ def test_kuberay_pod_runtime_settings(where, tmpl, role):
     for m in mounts.values():
         assert m["name"] in volumes, f"{where}: volumeMount {m['name']} has no volume"
     assert pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: run as non-root"
+    if where.endswith("headGroupSpec"):
+        # The autoscaler sidecar needs an API token even though the ServiceAccount does not mount one by default.
+        assert pod.get("automountServiceAccountToken") is True, f"{where}: autoscaler needs the API token"
+    else:
+        assert not pod.get("automountServiceAccountToken"), f"{where}: workers need no Kubernetes API token"
 
 
 @pytest.mark.parametrize("role", ["train", "serve"])
@@ -341,7 +346,10 @@ def test_serve_deploy_entrypoint_uses_real_cli_options():
 
 def test_egress_is_locked_down():
     """Every pod in the lexforge namespace is selected and may only reach listed destinations."""
-    (_, pol), = [(p, d) for p, d in _objects("NetworkPolicy") if d["metadata"]["name"] == "lexforge-egress"]
+    policies = {d["metadata"]["name"]: d for _, d in _objects("NetworkPolicy")}
+    head = policies["lexforge-head-apiserver-egress"]["spec"]
+    assert head["podSelector"] == {"matchLabels": {"ray.io/node-type": "head"}}, "API access only for head pods"
+    pol = policies["lexforge-egress"]
     assert pol["metadata"]["namespace"] == "lexforge" and pol["spec"]["podSelector"] == {}
     assert "Egress" in pol["spec"]["policyTypes"]
     for rule in pol["spec"]["egress"]:
