@@ -83,6 +83,7 @@ class StackConfig:
             "RAY_ADDRESS": self.ray_address,
             "LEXFORGE_RAY_DASHBOARD_URL": self.ray_dashboard_url,
             "LEXFORGE_HOME": str(self.home),
+            "RAY_AUTH_MODE": "disabled",  # the embedded head is loopback-only and runs without token auth
         }
 
 
@@ -168,7 +169,10 @@ def _command(cfg: StackConfig, svc: str) -> tuple[list[str], dict[str, str]]:
         ]
         if cfg.ray_num_cpus:
             cmd += ["--num-cpus", str(cfg.ray_num_cpus)]
-        return cmd, {"RAY_USAGE_STATS_ENABLED": "0"}
+        # The embedded head listens on loopback only. Ray turns token auth on whenever ~/.ray/auth_token exists
+        # (any local ray.init() writes it), which would make the dashboard health check and job submission
+        # fail with 401; production clusters (infra/kuberay) keep token auth on.
+        return cmd, {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     raise ValueError(f"unknown service {svc!r}; choose from {SERVICES}")
 
 

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only test clusters; see lexforge/stack.py
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # Fake AWS credentials for the moto server (never real ones in tests).
@@ -118,7 +119,7 @@ def ray_head(tmp_path_factory):
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
         "--dashboard-agent-listen-port", str(agent), "--include-dashboard", "true", "--disable-usage-stats",
         "--num-cpus", "4",
-    ], log, env={"RAY_USAGE_STATS_ENABLED": "0"})
+    ], log, env={"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
     dashboard = f"http://127.0.0.1:{dash}"
     try:
         wait_http(f"{dashboard}/api/version", timeout=120, proc=proc, log_path=log)
