@@ -420,48 +420,63 @@ SERVE_ADMIN_KEY = "sk-serve-admin-0123456789ab"
 
 
 @pytest.fixture(scope="module")
-def serve_app(tiny_model_dir, tmp_path_factory):
-    """The real lexforge serving app (Ray Serve + vLLM CPU) on the tiny base model."""
-    import signal
+def serve_base(lexforge_home) -> str:
+    """A tiny Llama that vLLM's CPU kernels accept (head_dim >= 32), registered as a base model."""
+    from lexforge.testing import build_tiny_llama
 
-    from lexforge.procs import bin_path, wait_http
+    path = build_tiny_llama(lexforge_home / "models" / "tiny-llama-hd32", hidden_size=64, num_heads=2, num_kv_heads=1)
+    return path.name
 
-    d = tmp_path_factory.mktemp("api_serve")
+
+@pytest.fixture(scope="module")
+def serve_app(serve_base, lexforge_home):
+    """The real lexforge serving app (Ray Serve + vLLM CPU, local Ray) on that base model."""
+    import ray
+    from ray import serve
+
+    from lexforge.config import spec_from_dict
+    from lexforge.serve import auth
+    from lexforge.serve.app import build_app
+    from lexforge.serve.settings import ChampionSourceConfig, settings_from_spec
+
+    spec = spec_from_dict({"name": "api-serve", "data": {"train": "-"},
+                           "serve": {"max_model_len": 256, "max_loras": 2, "max_lora_rank": 8}})
+    settings = settings_from_spec(
+        spec, base_model=str(lexforge_home / "models" / serve_base), champion=ChampionSourceConfig(kind="none"),
+        api_key_digests=[auth.digest(SERVE_KEY)], admin_key_digests=[auth.digest(SERVE_ADMIN_KEY)],
+        dtype="float32", accelerator="cpu", max_num_seqs=4, num_cpus=1)
     port = free_port()
-    log = d / "serve.log"
-    env = {"LEXFORGE_API_KEYS": SERVE_KEY, "LEXFORGE_ADMIN_API_KEYS": SERVE_ADMIN_KEY, "RAY_ADDRESS": "",
-           "RAY_USAGE_STATS_ENABLED": "0", "LEXFORGE_HOME": str(d / "home")}
-    proc = spawn([bin_path("lexforge"), "serve", "--base", str(tiny_model_dir), "--champion", "none",
-                  "--port", str(port), "--accelerator", "cpu", "--max-num-seqs", "4", "--set", "serve.max_model_len=512"], log, env=env)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=600, proc=proc, log_path=log)
-        yield f"http://127.0.0.1:{port}", log
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(settings), name="lexforge", route_prefix="/", blocking=False)
+        yield f"http://127.0.0.1:{port}"
     finally:
         try:
-            os.killpg(os.getpgid(proc.pid), signal.SIGINT)  # lets the CLI delete the app and shut Ray down
-            proc.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        stop_group(proc.pid)
+            serve.shutdown()
+        finally:
+            ray.shutdown()
 
 
-def test_fine_tuned_model_is_served_for_chat(serve_app, api_settings, base_model, flow_runner, tmp_path):
+def test_fine_tuned_model_is_served_for_chat(serve_app, serve_base, api_settings, flow_runner, tmp_path):
     from dataclasses import replace
 
-    serve_url, serve_log = serve_app
+    serve_url = serve_app
     settings = replace(api_settings, db_path=tmp_path / "api.db", serve_url=serve_url,
                        serve_api_key=SERVE_KEY, serve_admin_key=SERVE_ADMIN_KEY)
     server = ApiServer(settings)
     try:
         client = server.client()
         train = upload(client, jsonl(chat_rows(5)))
-        job = client.fine_tuning.jobs.create(model=base_model, training_file=train.id, suffix="chat")
+        job = client.fine_tuning.jobs.create(model=serve_base, training_file=train.id, suffix="chat",
+                                             hyperparameters={"lora_rank": 4})
         done = wait_status(client, job.id, {"succeeded", "failed", "cancelled"})
         assert done.status == "succeeded", done.error
         deadline = time.monotonic() + 300
         while not any(e.message.startswith(f"Model {done.fine_tuned_model} is available")
                       for e in client.fine_tuning.jobs.list_events(job.id, limit=100)):
-            assert time.monotonic() < deadline, serve_log.read_text()[-3000:]
+            assert time.monotonic() < deadline, [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
             time.sleep(1)
         assert done.fine_tuned_model in [m.id for m in client.models.list()]
         reply = client.chat.completions.create(
@@ -471,7 +486,7 @@ def test_fine_tuned_model_is_served_for_chat(serve_app, api_settings, base_model
         assert reply.choices[0].message.role == "assistant" and isinstance(reply.choices[0].message.content, str)
         assert reply.usage.completion_tokens > 0
         with pytest.raises(openai.NotFoundError):
-            client.chat.completions.create(model=f"{base_model}:ft-nope", max_tokens=4,
+            client.chat.completions.create(model=f"{serve_base}:ft-nope", max_tokens=4,
                                            messages=[{"role": "user", "content": "hi"}])
     finally:
         server.stop()

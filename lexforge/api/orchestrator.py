@@ -101,12 +101,13 @@ class PrefectJobs:
     def states(self, flow_run_id: str) -> list[dict[str, Any]]:
         return self._call("GET", "/flow_run_states/", params={"flow_run_id": flow_run_id}) or []
 
-    def logs(self, flow_run_id: str, limit: int = 200) -> list[dict[str, Any]]:
+    def logs(self, flow_run_id: str, offset: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        """The run's logs, oldest first, from position ``offset`` on."""
         out: list[dict[str, Any]] = []
         while True:
             batch = self._call("POST", "/logs/filter", json={
                 "logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC",
-                "limit": limit, "offset": len(out)})
+                "limit": limit, "offset": offset + len(out)})
             out.extend(batch or [])
             if not batch or len(batch) < limit:
                 return out

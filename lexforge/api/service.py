@@ -36,6 +36,7 @@ JOB_ID = re.compile(r"^ftjob-[0-9a-f]{24}$")
 UPLOAD_PURPOSES = ("fine-tune",)
 COPY_CHUNK = 1024 * 1024
 MAX_LIST_LIMIT = 10_000
+LOG_OVERLAP = 50
 
 
 def _now() -> int:
@@ -62,6 +63,9 @@ class FineTuningService:
         self.serve = (ServeClient(settings.serve_url, settings.serve_api_key, settings.serve_admin_key)
                       if settings.serve_url else None)
         self._refresh_lock = threading.RLock()
+        self._retry_at: dict[str, float] = {}  # job id -> monotonic time of the next publish attempt
+        self._publish_tries: dict[str, int] = {}
+        self._log_offsets: dict[str, int] = {}  # job id -> Prefect logs already imported (minus an overlap)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -96,7 +100,10 @@ class FineTuningService:
 
     def reconcile_all(self) -> None:
         for row in self.db.jobs_where_status(("validating_files", "queued", "running", "succeeded")):
-            if row["status"] == "succeeded" and (row["served"] or self.serve is None):
+            if row["status"] == "succeeded":
+                if not row["served"] and self.serve is not None and time.monotonic() >= self._retry_at.get(row["id"], 0):
+                    with self._refresh_lock:
+                        self._publish(self.get_job_row(row["id"]))
                 continue
             try:
                 self.refresh_job(row["id"])
@@ -267,9 +274,13 @@ class FineTuningService:
         with self._refresh_lock:
             if row["flow_run_id"]:
                 try:
-                    self.orchestrator.cancel_run(row["flow_run_id"])
+                    run = self.orchestrator.cancel_run(row["flow_run_id"])
                 except KeyError:
-                    pass
+                    run = {}
+                if (run.get("state") or {}).get("type") in ("COMPLETED", "FAILED", "CRASHED"):
+                    row = self.refresh_job(job_id)  # it finished before the cancel arrived
+                    raise bad_request(f"job {job_id} has already {row['status']}; only unfinished jobs can be "
+                                      f"cancelled", "fine_tuning_job_id", "job_not_cancellable")
             self.db.update("jobs", job_id, {"status": "cancelled", "finished_at": _now()})
             self._event(job_id, "cancelled", "Job cancelled by request")
         return self.job(job_id, refresh=False)
@@ -328,17 +339,16 @@ class FineTuningService:
             row = self.get_job_row(job_id)
             if not row["flow_run_id"]:
                 return row
-            if row["status"] in ("failed", "cancelled"):  # final: only pick up late states/logs
-                self._import_states(job_id, self.orchestrator.states(row["flow_run_id"]))
-                self._import_logs(job_id, self.orchestrator.logs(row["flow_run_id"]))
-                return row
-            if row["status"] == "succeeded":
-                self._publish(row)
-                return self.get_job_row(job_id)
             orch = self.orchestrator
+            if row["status"] in FINAL_STATUSES:  # final: only pick up late states/logs (and publish)
+                self._import_states(job_id, orch.states(row["flow_run_id"]))
+                self._import_logs(job_id, orch.logs(row["flow_run_id"], offset=self._log_offsets.get(job_id, 0)))
+                if row["status"] == "succeeded":
+                    self._publish(row)
+                return self.get_job_row(job_id)
             run = orch.read_run(row["flow_run_id"])
             self._import_states(job_id, orch.states(row["flow_run_id"]))
-            self._import_logs(job_id, orch.logs(row["flow_run_id"]))
+            self._import_logs(job_id, orch.logs(row["flow_run_id"], offset=self._log_offsets.get(job_id, 0)))
             self._import_progress(row)
             state = run.get("state") or {}
             stype = state.get("type", "SCHEDULED")
@@ -391,7 +401,9 @@ class FineTuningService:
             return
         except ServeError as e:
             self._event(row["id"], "serve-pending", f"Model not yet served (will retry): {e}", level="warn")
-            log.warning("job %s: %s", row["id"], e)
+            tries = self._publish_tries[row["id"]] = self._publish_tries.get(row["id"], 0) + 1
+            self._retry_at[row["id"]] = time.monotonic() + min(60.0, 2.0 ** tries)  # back off
+            log.warning("job %s: %s (retry %d)", row["id"], e, tries)
             return
         self.db.update("jobs", row["id"], {"served": 1})
         self._event(row["id"], "served", f"Model {row['fine_tuned_model']} is available for chat completions")
@@ -421,6 +433,10 @@ class FineTuningService:
                               msg[:4000], data={"prefect_state": stype})
 
     def _import_logs(self, job_id: str, logs: list[dict[str, Any]]) -> None:
+        # Next time start a little before the end: logs from several processes may land slightly out of order;
+        # event ids are the log ids, so re-reading a few is harmless.
+        if logs:
+            self._log_offsets[job_id] = self._log_offsets.get(job_id, 0) + max(0, len(logs) - LOG_OVERLAP)
         for rec in logs:
             self.db.add_event(job_id, f"ftevent-{rec['id']}", parse_ts(rec.get("timestamp")) or time.time(),
                               _log_level(int(rec.get("level", 20))), str(rec.get("message", ""))[:4000],
