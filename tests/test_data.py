@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -169,17 +168,34 @@ def test_nasty_corpus_bom_crlf_types_mixed_truncated(tmp_path, tok):
                                     {"role": "assistant", "content": "caf\u00e9"}]}
 
 
+class _EncodeSpy:
+    """Wraps the real tokenizer and records the longest text it was asked to encode."""
+
+    def __init__(self, tok):
+        self._tok, self.longest = tok, 0
+
+    def __call__(self, texts, **kw):
+        for t in [texts] if isinstance(texts, str) else texts:
+            self.longest = max(self.longest, len(t))
+        return self._tok(texts, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
 def test_ten_megabyte_single_row(tmp_path, tok):
     big = chat("Summarise this bundle.", "Lorem ipsum dolor sit amet. " * (10_000_000 // 28))
     src = write_lines(tmp_path / "big.jsonl", [chat("q?", "a."), big])
     assert src.stat().st_size > 10_000_000
-    t0 = time.perf_counter()
-    rep = sanitize_file(src, tmp_path / "o.jsonl", SanitizeOptions(max_seq_len=256), tokenizer=tok).report
-    assert time.perf_counter() - t0 < 30
+    spy = _EncodeSpy(tok)
+    rep = sanitize_file(src, tmp_path / "o.jsonl", SanitizeOptions(max_seq_len=256), tokenizer=spy).report
+    assert spy.longest < 1000  # the 10 MB text was never tokenized (it would take ~20 s on this tokenizer)
     assert rep["dropped"]["too_long"]["lines"] == [2] and rep["kept"] == 1
     assert "> max_seq_len 256" in rep["dropped"]["too_long"]["examples"][0]["detail"]
+    spy = _EncodeSpy(tok)
     res = sanitize_file(src, tmp_path / "t.jsonl", SanitizeOptions(max_seq_len=256, on_too_long="truncate"),
-                        tokenizer=tok)
+                        tokenizer=spy)
+    assert spy.longest < 256 * 2 * 64  # only a cut copy of the answer is tokenized
     assert res.report["kept"] == 2 and res.report["repairs"]["truncated"]["lines"] == [2]
     row = read_rows(tmp_path / "t.jsonl")[1]
     assert 200 < exact_len(tok, row["messages"]) <= 256
@@ -355,7 +371,7 @@ def test_report_markdown_lists_reasons_and_lines(tmp_path, tok):
         assert f"| {reason} | {d['count']} | {', '.join(map(str, d['lines']))} |" in md
 
 
-def test_lineage_logged_to_mlflow_as_dataset_inputs(tmp_path, tok, mlflow_server):
+def test_lineage_logged_to_mlflow_as_dataset_inputs(tmp_path, tok, mlflow_server, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -379,6 +395,25 @@ def test_lineage_logged_to_mlflow_as_dataset_inputs(tmp_path, tok, mlflow_server
     arts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(run.info.run_id, "data")}
     assert arts == {"data/report.json", "data/lineage.json"}
     assert r.data.tags["lexforge.data.sanitized_sha256"] == p.digests["sanitized"]
+    # large splits are logged as metadata-only datasets (no rows loaded), same digests and tags
+    import lexforge.data.lineage as lineage_mod
+
+    monkeypatch.setattr(lineage_mod, "PANDAS_MAX_ROWS", 0)
+    mlflow.set_experiment("test-data-lineage-meta")  # MLflow reuses a dataset record per experiment+name+digest
+    with mlflow.start_run() as run2:
+        log_lineage_to_mlflow(p)
+    dis = MlflowClient(mlflow_server).get_run(run2.info.run_id).inputs.dataset_inputs
+    assert {d.dataset.digest for d in dis} == {p.digests["train"][:32], p.digests["heldout"][:32]}
+    assert [d.dataset.source_type for d in dis] == ["local", "local"], [d.dataset for d in dis]
+    assert all("num_rows" not in (d.dataset.profile or "") for d in dis), [d.dataset.profile for d in dis]
+
+
+def test_prepare_loads_the_spec_tokenizer(tmp_path, tiny_model_dir):
+    spec = spec_from_dict({"name": "t-tok", "model": {"base": str(tiny_model_dir)},
+                           "data": {"train": str(sample_path("legal_grpo.jsonl")), "format": "grpo"}, "stage": "grpo",
+                           "storage": {"root": str(tmp_path / "store")}})
+    p = prepare_dataset(spec, work_dir=tmp_path / "w")
+    assert p.format == "grpo" and p.report["tokenizer"] == str(tiny_model_dir) and p.token_stats["total_tokens"] > 0
 
 
 # ---- LegalBench ----------------------------------------------------------------------------------------------
