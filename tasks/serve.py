@@ -17,9 +17,19 @@ def serve_url() -> str | None:
     return (os.environ.get("LEXFORGE_SERVE_URL") or "").rstrip("/") or None
 
 
+def admin_key() -> str:
+    """The key for /admin routes: $LEXFORGE_SERVE_ADMIN_KEY, else the first of $LEXFORGE_ADMIN_API_KEYS or
+    $LEXFORGE_API_KEYS (the serving app's own key lists). Never logged."""
+    for var in ("LEXFORGE_SERVE_ADMIN_KEY", "LEXFORGE_ADMIN_API_KEYS", "LEXFORGE_API_KEYS"):
+        keys = [k.strip() for k in os.environ.get(var, "").split(",") if k.strip()]
+        if keys:
+            return keys[0]
+    return ""
+
+
 @task(name="reload-champion", cache_policy=NONE, retries=2, retry_delay_seconds=5)
 def reload_champion(spec: JobSpec) -> dict:
-    """POST /admin/reload-champion on the serving app ($LEXFORGE_SERVE_URL, key in $LEXFORGE_API_KEY).
+    """POST /admin/reload-champion on the serving app ($LEXFORGE_SERVE_URL; key: :func:`admin_key`).
 
     Without a serving URL the step is skipped (and says so): the registry alias is the source of truth and a
     serving app started later loads the champion itself."""
@@ -34,7 +44,7 @@ def reload_champion(spec: JobSpec) -> dict:
         log.warning(msg)
         out = {"reloaded": False, "version": servable.version, "message": msg}
     else:
-        key = os.environ.get("LEXFORGE_API_KEY", "")
+        key = admin_key()
         r = httpx.post(f"{url}/admin/reload-champion", headers={"Authorization": f"Bearer {key}"} if key else {},
                        timeout=600)
         r.raise_for_status()

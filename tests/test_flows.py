@@ -207,3 +207,231 @@ def test_train_task_streams_job_logs_and_progress_to_prefect(tmp_path, ray_jobs_
     logs = _wait(lambda: (lambda l: l if any("[ray] step 8 loss" in m for m in l) else None)(_logs(fr_id)), 30,
                  "the job's log lines in the flow run's Prefect logs")
     assert any(m.startswith("progress: step 8/8") for m in logs)
+
+
+# ---- the real pipeline ----------------------------------------------------------------------------------------
+
+SAMPLES = ROOT / "lexforge" / "samples" / "data"
+
+
+def _real_spec(tmp_path: Path, tiny_model_dir: Path, mlflow_url: str, name: str, steps: int = 40) -> Path:
+    tasks = SAMPLES / "legalbench" / "tasks"
+    spec = {
+        "name": name, "model": {"base": str(tiny_model_dir)}, "method": "lora", "stage": "sft", "strategy": "ddp",
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "data": {"train": str(SAMPLES / "legal_qa.jsonl"), "max_seq_len": 128, "holdout_fraction": 0.1},
+        "hyperparams": {"max_steps": steps, "per_device_batch_size": 2, "learning_rate": 5e-3, "warmup_ratio": 0.0},
+        "resources": {"num_workers": 2, "cpus_per_worker": 1},
+        "checkpoint": {"every_n_steps": 4, "keep_last": 3},
+        "eval": {"engine": "transformers", "max_new_tokens": 4, "batch_size": 16, "suites": [
+            {"name": "statute_yes_no", "path": str(tasks / "statute_yes_no"), "kind": "closed"},
+            {"name": "statute_explain", "path": str(tasks / "statute_explain"), "kind": "open"}]},
+        "promotion": {"registered_model": f"lexforge-{name}", "max_suite_regression": 1.0},
+        "storage": {"root": str(tmp_path / "store")},
+        "tracking": {"mlflow_uri": mlflow_url, "experiment": f"flows-{name}"},
+    }
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return p
+
+
+def test_retrain_flow_in_process(tmp_path, ray_jobs_env, prefect_server, mlflow_server, tiny_model_dir):
+    from flows.retrain import retrain
+
+    spec_path = _real_spec(tmp_path, tiny_model_dir, mlflow_server, "flows-inproc", steps=6)
+    state = retrain(str(spec_path), ["hyperparams.learning_rate=0.004"], return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert out["steps"] == 6 and out["promoted"] is True and out["version"] == "1"
+    arts = _artifacts(state.state_details.flow_run_id)
+    for key in ("spec", "dataset-report", "training-plan", "training-progress", "training-links", "eval-candidate",
+                "model-version", "promotion-decision", "deployment"):
+        assert f"{key}-flows-inproc" in arts, sorted(arts)
+    assert arts["training-progress-flows-inproc"].data == 100.0
+    links = arts["training-links-flows-inproc"].data
+    assert f"{mlflow_server}/#/experiments/" in links and ray_jobs_env in links
+    table = json.loads(arts["eval-candidate-flows-inproc"].data)
+    assert {r["suite"] for r in table} >= {"statute_yes_no", "statute_explain", "[blended]"}
+    assert "v1 is now **@champion**" in arts["promotion-decision-flows-inproc"].data
+    assert "dropped" in arts["dataset-report-flows-inproc"].data.lower()
+
+
+# ---- deployments + worker + automation: a killed training run is resumed ------------------------------------------
+
+
+def _driver_pids(run_name: str) -> list[int]:
+    """PIDs of the Ray job driver(s) (the entrypoint process) of this run, found by the job metadata Ray puts in
+    the driver's environment."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if "lexforge.train.entrypoint" not in " ".join(p.info["cmdline"] or []):
+                continue
+            cfg = p.environ().get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if f'"lexforge_run": "{run_name}"' in cfg:
+            pids.append(p.info["pid"])
+    return pids
+
+
+def _flow_runs(flow_name: str) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as c:
+        return c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+
+
+def _read_flow_run(fr_id):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as c:
+        return c.read_flow_run(fr_id)
+
+
+@pytest.fixture(scope="module")
+def orchestrated(prefect_server, ray_head, mlflow_server, tiny_model_dir, lexforge_home, tmp_path_factory):
+    """Deployments applied from deployments/prefect.yaml to a fresh process pool, and a worker polling it."""
+    from lexforge.jobs_cli import apply_deployments
+    from lexforge.procs import bin_path, spawn, stop_group
+
+    _, dashboard = ray_head
+    old = os.environ.get("LEXFORGE_RAY_DASHBOARD_URL")
+    os.environ["LEXFORGE_RAY_DASHBOARD_URL"] = dashboard
+    d = tmp_path_factory.mktemp("orchestrated")
+    spec_path = _real_spec(d, tiny_model_dir, mlflow_server, "flows-e2e", steps=48)
+    pool = f"lexforge-test-{os.getpid()}"
+    created = apply_deployments(pool=pool, spec=str(spec_path), echo=lambda *a: None)
+    env = {"PREFECT_API_URL": prefect_server, "LEXFORGE_RAY_DASHBOARD_URL": dashboard,
+           "MLFLOW_TRACKING_URI": mlflow_server, "RAY_AUTH_MODE": "disabled", "PREFECT_WORKER_QUERY_SECONDS": "3"}
+    log = d / "worker.log"
+    worker = spawn([bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process"], log, env=env)
+    try:
+        yield {"spec_path": spec_path, "pool": pool, "deployments": created, "dashboard": dashboard,
+               "worker_log": log, "prefect": prefect_server, "mlflow": mlflow_server}
+    finally:
+        stop_group(worker.pid)
+        if old is None:
+            os.environ.pop("LEXFORGE_RAY_DASHBOARD_URL", None)
+        else:
+            os.environ["LEXFORGE_RAY_DASHBOARD_URL"] = old
+
+
+def test_deployments_schedule_and_automation_applied(orchestrated):
+    from prefect import get_client
+
+    assert set(orchestrated["deployments"]) == {"retrain/lexforge-retrain", "resume/lexforge-resume",
+                                                "evaluate/lexforge-evaluate", "promote/lexforge-promote",
+                                                "deploy/lexforge-deploy"}
+    with get_client(sync_client=True) as c:
+        dep = c.read_deployment_by_name("retrain/lexforge-retrain")
+        assert dep.work_pool_name == orchestrated["pool"]
+        assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * 1"]
+        assert dep.parameters["spec_path"] == str(orchestrated["spec_path"])
+        assert {"lexforge", "lexforge-train"} <= set(dep.tags)
+        resume_dep = c.read_deployment_by_name("resume/lexforge-resume")
+        autos = c.read_automations_by_name("lexforge-resume-on-failure")
+    assert len(autos) == 1
+    trig = autos[0].trigger
+    assert trig.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    action = autos[0].actions[0]
+    assert action.type == "run-deployment" and action.deployment_id == resume_dep.id
+    # applying again is idempotent (no second automation, same deployment ids)
+    from lexforge.jobs_cli import apply_deployments
+
+    again = apply_deployments(pool=orchestrated["pool"], spec=str(orchestrated["spec_path"]), echo=lambda *a: None)
+    assert again == orchestrated["deployments"]
+    with get_client(sync_client=True) as c:
+        assert len(c.read_automations_by_name("lexforge-resume-on-failure")) == 1
+
+
+def test_killed_training_is_resumed_by_the_automation(orchestrated):
+    from prefect.deployments import run_deployment
+
+    from lexforge.jobs_cli import cancel_run, resume_run, run_summaries
+
+    spec = load_spec(orchestrated["spec_path"])
+    total = spec.hyperparams.max_steps
+    client = jobs.job_client(spec)
+    retrain_run = run_deployment("retrain/lexforge-retrain", parameters={"train_retries": 0}, timeout=0)
+
+    def committed_while_running():
+        job = jobs.active_job(client, spec.name)
+        steps = jobs.committed_steps(spec)
+        p = jobs.read_progress(spec) or {}
+        if job is not None and steps and (p.get("step") or 0) < total - 4 and _driver_pids(spec.name):
+            return job, steps[-1]
+        return None
+
+    job, committed_at_kill = _wait(committed_while_running, 1200, "a committed checkpoint while training runs", 0.2)
+    for pid in _driver_pids(spec.name):  # preemption: the job's driver dies without warning
+        os.kill(pid, 9)
+    _wait(lambda: str(client.get_job_status(job.submission_id)) == "FAILED", 120, "the killed job to be FAILED")
+    assert committed_at_kill < total
+    _wait(lambda: _read_flow_run(retrain_run.id).state.is_final() and _read_flow_run(retrain_run.id), 300,
+          "the retrain flow run to fail")
+    assert _read_flow_run(retrain_run.id).state.type.value in ("FAILED", "CRASHED")
+
+    # the automation starts `resume` for the failed run; it finishes the training and the rest of the pipeline
+    def resume_run_of_retrain():
+        runs = [r for r in _flow_runs("resume") if (r.parameters or {}).get("failed_flow_run_id") == str(retrain_run.id)]
+        return runs[0] if runs else None
+
+    resumed = _wait(resume_run_of_retrain, 180, "the automation to start the resume flow")
+    final = _wait(lambda: (lambda r: r if r.state.is_final() else None)(_read_flow_run(resumed.id)), 1500,
+                  "the resume flow run to finish", 2)
+    assert final.state.is_completed(), (final.state.message, orchestrated["worker_log"].read_text()[-5000:])
+
+    history = jobs.jobs_for_run(client, spec.name)
+    assert [str(j.status) for j in history] == ["FAILED", "SUCCEEDED"]
+    assert history[1].metadata["flow_run_id"] == str(resumed.id)
+    result = jobs.parse_result(client.get_job_logs(history[1].submission_id))
+    assert result["status"] == "completed" and result["steps"] == total
+    assert result["resumed_from_step"] is not None and result["resumed_from_step"] >= committed_at_kill
+    assert jobs.read_progress(spec)["step"] == total
+
+    arts = _artifacts(resumed.id)
+    for key in ("dataset-report", "training-progress", "training-links", "eval-candidate", "promotion-decision"):
+        assert f"{key}-flows-e2e" in arts, sorted(arts)
+    assert f"resumed from step: {result['resumed_from_step']}" in arts["training-links-flows-e2e"].data
+
+    # on-call view and idempotent commands
+    rows = {r["run"]: r for r in run_summaries()}
+    assert rows["flows-e2e"]["job_status"] == "SUCCEEDED" and rows["flows-e2e"]["flow_state"] == "COMPLETED"
+    assert rows["flows-e2e"]["jobs"] == 2 and rows["flows-e2e"]["progress"].startswith(f"{total}/{total}")
+    msgs: list[str] = []
+    assert resume_run("flows-e2e", echo=msgs.append)["action"] == "none"
+    assert "already completed" in msgs[-1]
+    assert cancel_run("flows-e2e", echo=msgs.append) == {"flow_runs": [], "ray_jobs": []}
+    assert "nothing to cancel" in msgs[-1]
+    orchestrated["resume_flow_run"] = final
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install -y chromium) for a "
+                    "headless screenshot of the Prefect UI; manual check described in docs/orchestration.md")
+def test_prefect_ui_renders_pipeline_run(orchestrated, tmp_path):
+    import subprocess
+
+    fr = orchestrated.get("resume_flow_run")
+    if fr is None:
+        pytest.skip("needs the pipeline run of test_killed_training_is_resumed_by_the_automation")
+    ui = orchestrated["prefect"][: -len("/api")]
+    url = f"{ui}/runs/flow-run/{fr.id}?tab=Artifacts"
+    base = [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--window-size=1400,1100", "--virtual-time-budget=30000", f"--user-data-dir={tmp_path / 'profile'}"]
+    shot = tmp_path / "prefect-flow-run.png"
+    subprocess.run(base + [f"--screenshot={shot}", url], check=True, timeout=240, capture_output=True)
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+    dom = subprocess.run(base + ["--dump-dom", url], check=True, timeout=240, capture_output=True, text=True).stdout
+    assert fr.name in dom, dom[:2000]
+    assert "training-progress-flows-e2e" in dom or "promotion-decision-flows-e2e" in dom, dom[:3000]
+    out = ROOT / "docs" / "img"
+    if os.environ.get("LEXFORGE_SAVE_SCREENSHOTS"):
+        out.mkdir(exist_ok=True)
+        (out / "prefect-flow-run.png").write_bytes(shot.read_bytes())
