@@ -590,3 +590,17 @@ def test_containers_that_are_not_utf8_jsonl(tmp_path):
     for name, msg in (("empty", "is empty"), ("u16", "UTF-16; re-export"), ("gz", "gzip-compressed")):
         with pytest.raises(DataError, match=msg):
             sanitize_file(tmp_path / f"{name}.jsonl", tmp_path / "o.jsonl", SanitizeOptions(format="chat"))
+
+
+def test_cli_prepare_from_spec(cli, tmp_path, tiny_model_dir):
+    (tmp_path / "job.yaml").write_text(
+        f"name: cli-prep\nstage: dpo\nmodel: {{base: {tiny_model_dir}}}\n"
+        f"data: {{train: {sample_path('legal_pref.jsonl')}, holdout_fraction: 0.2}}\nstorage: {{root: store}}\n")
+    r = CliRunner().invoke(cli, ["data", "prepare", str(tmp_path / "job.yaml"), "--out", str(tmp_path / "w"),
+                                 "--set", "data.seed=3"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["format"] == "preference" and out["token_stats"]["rows"] == 62 - round(62 * 0.2)
+    assert out["uris"]["train"].startswith(str(tmp_path / "store" / "datasets" / "sha256"))
+    r = CliRunner().invoke(cli, ["data", "prepare", str(tmp_path / "job.yaml"), "--set", "stage=sft"])
+    assert r.exit_code == 1 and "holds preference data but stage=sft needs chat" in " ".join(r.output.split())

@@ -150,5 +150,33 @@ def sanitize(
                       "token_stats": prepared.token_stats}, indent=2))
 
 
+@data_app.command("prepare")
+def prepare(
+    spec_path: Path = typer.Argument(..., help="Job spec YAML (its data, model and storage sections are used)"),
+    override: list[str] = typer.Option([], "--set", "-s", help="dotted.key=value override (repeatable)"),
+    work_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Work dir [$LEXFORGE_HOME/work/<name>/data]"),
+) -> None:
+    """Run exactly what training runs first: prepare_dataset(spec) -> report, digests, store URIs, lineage."""
+    from lexforge.config import SpecError, load_spec
+    from lexforge.data.prepare import prepare_dataset
+    from lexforge.data.report import print_report
+    from lexforge.data.sanitize import DataError
+
+    try:
+        spec = load_spec(spec_path, override)
+    except SpecError as e:
+        _fail(str(e), 2)
+    try:
+        with _progress() as p:
+            prepared = prepare_dataset(spec, work_dir=work_dir, progress=p)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    print_report(prepared.report, console)
+    print(json.dumps({"format": prepared.format, "digests": prepared.digests, "uris": prepared.uris,
+                      "train_path": str(prepared.train_path),
+                      "heldout_path": str(prepared.heldout_path) if prepared.heldout_path else None,
+                      "token_stats": prepared.token_stats}, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
