@@ -604,3 +604,20 @@ def test_cli_prepare_from_spec(cli, tmp_path, tiny_model_dir):
     assert out["uris"]["train"].startswith(str(tmp_path / "store" / "datasets" / "sha256"))
     r = CliRunner().invoke(cli, ["data", "prepare", str(tmp_path / "job.yaml"), "--set", "stage=sft"])
     assert r.exit_code == 1 and "holds preference data but stage=sft needs chat" in " ".join(r.output.split())
+
+
+def test_duplicate_flood_counts_exact_lines_capped(tmp_path):
+    row = chat("What is the limitation period for tort?", "Six years.")
+    variants = [chat("what is the limitation period for tort", "Six years"),
+                chat("What is the limitation  period for tort ?", "Six years.")]
+    lines = [row] + [row] * 3000 + variants * 10
+    src = write_lines(tmp_path / "flood.jsonl", lines)
+    res = sanitize_file(src, tmp_path / "o.jsonl", SanitizeOptions(format="chat"))
+    rep = res.report
+    dup, near = rep["dropped"]["duplicate"], rep["dropped"]["near_duplicate"]
+    assert rep["kept"] == 1 and dup["count"] == 3000 + 18 and near["count"] == 2
+    assert len(dup["lines"]) == 1000 and dup["lines_truncated"] and dup["lines"][:2] == [2, 3]
+    assert near["lines"] == [3002, 3003] and not near["lines_truncated"]
+    log = [json.loads(x) for x in Path(rep["row_log"]).read_text().splitlines()]
+    assert len([x for x in log if x["action"] == "dropped"]) == 3020  # the row log is never capped
+    assert read_rows(res.path) == [row]

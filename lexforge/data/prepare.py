@@ -81,6 +81,7 @@ def prepare_dataset(spec: JobSpec, tokenizer=None, work_dir: Path | None = None,
     counter = TokenCounter(tok, spec.data.max_seq_len, spec.data.on_too_long)
     sanitizer = Sanitizer(opts, counter)
     res = sanitizer.run(src, work / "sanitized.jsonl", progress=progress, row_log=work / "rows.jsonl")
+    res.report["source"] = spec.data.train  # the URI as configured, not a local download path
     if res.report["kept"] == 0:
         raise DataError(f"{spec.data.train}: no usable rows ({res.report['dropped_total']} dropped; "
                         f"see {work / 'report.json'} or run `lexforge data check {spec.data.train}`)")
@@ -95,7 +96,7 @@ def prepare_dataset(spec: JobSpec, tokenizer=None, work_dir: Path | None = None,
             vsrc, heldout_path, progress=progress, row_log=work / "validation.rows.jsonl", against=sanitizer)
         shutil.copyfile(res.path, train_path)
         digests.update(train=res.sha256, heldout=vres.sha256, validation_source=vres.source_sha256)
-        res.report["validation"] = vres.report
+        res.report["validation"] = dict(vres.report, source=spec.data.validation)
         train_counts = list(counts)
         if vres.report["kept"] == 0:
             heldout_path = None
