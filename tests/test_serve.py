@@ -83,7 +83,7 @@ def server(serve_model, tmp_path_factory):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(settings), name="lexforge", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
-        yield {"url": url, "pointer": pointer, "adapters": adapters, "base": base, "spec": spec,
+        yield {"url": url, "pointer": pointer, "adapters": adapters, "base": base, "spec": spec, "settings": settings,
                "session_dir": ray._private.worker._global_node.get_session_dir_path()}
     finally:
         try:
@@ -321,8 +321,9 @@ def test_hot_champion_switch_under_load(server, client):
         r = admin(server, "/admin/reload-champion")  # from the pointer file (the registry does the same)
         switched_at = time.monotonic()
         assert r.status_code == 200, r.text
-        assert r.json() == {"served_name": "legal-champion", "version": "2",
-                            "adapter_path": str(server["adapters"]["a2"].resolve()), "previous_version": "1"}
+        assert {k: v for k, v in r.json().items() if k != "generation"} == {
+            "served_name": "legal-champion", "version": "2", "adapter_path": str(server["adapters"]["a2"].resolve()),
+            "previous_version": "1", "replicas_in_sync": True, "lagging_replicas": []}
         n_before = len(results)
         while len(results) < n_before + 12 and time.monotonic() < deadline + 60:
             time.sleep(0.1)
@@ -357,6 +358,41 @@ def test_prometheus_metrics(server, client):
     else:
         pytest.fail("no completion token counter for a1")
     assert "lexforge_champion_info{" in text
+
+
+@pytest.mark.timeout(1800)
+def test_two_replicas_switch_together(server, client):
+    """Scale to two engine replicas (a lightweight update: the running engine and the shared table stay), then one
+    reload call switches both before it returns."""
+    from ray import serve
+
+    from lexforge.serve.app import build_app
+
+    serve.run(build_app(server["settings"].model_copy(update={"num_replicas": 2})), name="lexforge",
+              route_prefix="/", blocking=False)
+
+    def versions_by_replica(min_requests: int = 4) -> dict[str, set]:
+        seen: dict[str, set] = {}
+        for _ in range(60):
+            raw = client.chat.completions.with_raw_response.create(model="legal-champion", messages=PROMPT,
+                                                                   max_tokens=4, temperature=0.0)
+            seen.setdefault(raw.headers["x-lexforge-replica"], set()).add(raw.headers["x-lexforge-model-version"])
+            if len(seen) == 2 and min_requests <= 0:
+                break
+            min_requests -= 1
+        return seen
+
+    before = versions_by_replica()
+    assert len(before) == 2, f"requests should reach both replicas: {before}"
+    assert all(v == {"2"} for v in before.values()), f"the new replica follows the shared champion: {before}"
+    server["pointer"].write_text(json.dumps({"adapter_path": str(server["adapters"]["a1"]), "version": "3"}))
+    r = admin(server, "/admin/reload-champion")
+    assert r.status_code == 200 and r.json()["replicas_in_sync"] is True, r.text
+    after = versions_by_replica()
+    assert len(after) == 2 and all(v == {"3"} for v in after.values()), after
+    _, a1 = chat(client, "a1")
+    _, champ = chat(client, "legal-champion")
+    assert champ.choices[0].message.content == a1.choices[0].message.content
 
 
 def test_cli_is_registered():

@@ -44,6 +44,7 @@ from lexforge.serve.settings import ServeSettings
 
 log = logging.getLogger("lexforge.serve")
 VERSION_HEADER = "X-Lexforge-Model-Version"
+REPLICA_HEADER = "X-Lexforge-Replica"
 PUBLIC_PATHS = {"/health", "/-/healthz"}
 
 api = FastAPI(title="lexforge serve", description="OpenAI-compatible legal LLM serving (Ray Serve + vLLM)")
@@ -143,13 +144,46 @@ def _same_model(a: str, b: str) -> bool:
     return a.rstrip("/").split("/")[-1] == b.rstrip("/").split("/")[-1]
 
 
+#: How often replicas poll the shared table (seconds); a reload waits until every live replica applied it.
+SYNC_POLL_S = 0.5
+SYNC_TIMEOUT_S = 60.0
+REPLICA_STALE_S = 10.0
+
+
+@serve.deployment(name="lexforge-adapter-state", num_replicas=1, ray_actor_options={"num_cpus": 0})
+class AdapterState:
+    """The app-wide name table (champion + admin-registered adapters), so every engine replica serves the same
+    version. Replicas poll it; a reload publishes here and waits for all live replicas to apply it."""
+
+    def __init__(self) -> None:
+        self.gen = 0
+        self.entries: dict[str, dict] = {}  # name -> {"path", "version", "source"}
+        self.seen: dict[str, tuple[int, float]] = {}  # replica id -> (applied generation, last poll)
+
+    def publish(self, entries: dict[str, dict]) -> int:
+        self.entries.update(entries)
+        self.gen += 1
+        return self.gen
+
+    def snapshot(self) -> dict:
+        return {"gen": self.gen, "entries": dict(self.entries)}
+
+    def poll(self, replica: str, applied: int) -> dict:
+        self.seen[replica] = (applied, time.monotonic())
+        return self.snapshot() if applied < self.gen else {"gen": self.gen}
+
+    def lagging(self, gen: int) -> list[str]:
+        now = time.monotonic()
+        return sorted(r for r, (g, t) in self.seen.items() if now - t < REPLICA_STALE_S and g < gen)
+
+
 @serve.deployment(name="lexforge-llm", health_check_period_s=10, health_check_timeout_s=30,
                   graceful_shutdown_timeout_s=30)
 @serve.ingress(api)
 class LexforgeServer:
     """One replica = one vLLM engine (base model once, LoRA adapters by name) + the name table."""
 
-    async def __init__(self, settings: ServeSettings | dict):
+    async def __init__(self, settings: ServeSettings | dict, state=None):
         from lexforge.serve.engine import Engine
 
         setup_replica_logging()
@@ -162,19 +196,86 @@ class LexforgeServer:
         self.champion_error: str | None = None
         self._reload_lock = asyncio.Lock()
         self._created = _now()
+        self.state, self.gen = state, 0
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:
+            self.replica_id = uuid.uuid4().hex[:8]
         self.engine = Engine(self.s)
         for name, path in self.s.adapters.items():
             check_adapter_dir(path, self.s.max_lora_rank)
             ref = self.table.build(name, path, version=name)
             await self.engine.load_adapter(ref)
             self.table.put(ref)
-        try:
-            await self._install_champion(await asyncio.to_thread(self.champion_source.resolve))
-        except Exception as e:  # no champion yet: the stable name serves the base model until a reload
-            self.champion_error = f"{type(e).__name__}: {e}"
-            log.warning("champion not loaded (%s); %s serves the base model", self.champion_error, self.s.served_name)
-            self.table.put(self.table.build(self.s.served_name, None, "base", source="champion"))
-            self.metrics.set_champion(self.s.served_name, "base")
+        snap = await self.state.snapshot.remote() if self.state is not None else {"gen": 0, "entries": {}}
+        if self.s.served_name in snap["entries"]:  # other replicas already agreed on a champion: follow it
+            await self._apply(snap["entries"])
+            self.gen = snap["gen"]
+        else:
+            try:
+                ref = await self._install_champion(await asyncio.to_thread(self.champion_source.resolve))
+                await self._publish(ref)
+            except Exception as e:  # no champion yet: the stable name serves the base model until a reload
+                self.champion_error = f"{type(e).__name__}: {e}"
+                log.warning("champion not loaded (%s); %s serves the base model", self.champion_error,
+                            self.s.served_name)
+                self.table.put(self.table.build(self.s.served_name, None, "base", source="champion"))
+                self.metrics.set_champion(self.s.served_name, "base")
+            if snap["entries"]:
+                await self._apply({k: v for k, v in snap["entries"].items() if k != self.s.served_name})
+        self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop()) if self.state else None
+
+    # ---- replica sync -----------------------------------------------------------------------------------
+    async def _apply(self, entries: dict[str, dict]) -> None:
+        """Make the local table match the shared one (loading adapters before swapping names)."""
+        for name, e in entries.items():
+            cur = self.table.get(name)
+            path = str(Path(e["path"]).resolve()) if e.get("path") else None
+            if cur is not None and cur.path == path and cur.version == e["version"]:
+                continue
+            if path and not Path(path).is_dir():
+                log.error("adapter %s v%s: %s is not on this node; keeping %s", name, e["version"], path,
+                          cur.version if cur else None)
+                continue
+            ref = self.table.build(name, path, e["version"], source=e.get("source", "champion"))
+            await self.engine.load_adapter(ref)
+            self.table.put(ref)
+            if name == self.s.served_name:
+                self.metrics.set_champion(name, ref.version)
+                self.champion_error = None
+            log.info("synced %s -> version %s", name, ref.version)
+
+    async def _publish(self, *refs: AdapterRef) -> int:
+        if self.state is None:
+            return self.gen
+        self.gen = await self.state.publish.remote(
+            {r.name: {"path": r.path, "version": r.version, "source": r.source} for r in refs})
+        return self.gen
+
+    async def _wait_all_replicas(self, gen: int) -> list[str]:
+        """Replica ids that have not applied ``gen`` yet after SYNC_TIMEOUT_S (empty = all in sync)."""
+        if self.state is None:
+            return []
+        deadline = time.monotonic() + SYNC_TIMEOUT_S
+        while True:
+            lagging = [r for r in await self.state.lagging.remote(gen) if r != self.replica_id]
+            if not lagging or time.monotonic() > deadline:
+                return lagging
+            await asyncio.sleep(SYNC_POLL_S / 2)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_POLL_S)
+            try:
+                r = await self.state.poll.remote(self.replica_id, self.gen)
+                if r["gen"] > self.gen and "entries" in r:
+                    async with self._reload_lock:
+                        await self._apply(r["entries"])
+                        self.gen = max(self.gen, r["gen"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("adapter table sync failed: %s: %s", type(e).__name__, e)
 
     # ---- plumbing ---------------------------------------------------------------------------------------
     def _authorize(self, request: Request, admin: bool = False) -> str:
@@ -248,7 +349,7 @@ class LexforgeServer:
         max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
         params = self._params(req, len(prompt_ids), max_tokens)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        headers = {VERSION_HEADER: ref.version, "X-Request-Id": rid}
+        headers = {VERSION_HEADER: ref.version, "X-Request-Id": rid, REPLICA_HEADER: self.replica_id}
         log.info("chat model=%s version=%s key=%s prompt_tokens=%d stream=%s", name, ref.version, fp,
                  len(prompt_ids), req.stream)
         if req.stream:
@@ -314,7 +415,7 @@ class LexforgeServer:
             ids = [self.engine.text_prompt_ids(p) for p in prompts]
             params = [self._params(req, len(x), req.max_tokens) for x in ids]
             rid = f"cmpl-{uuid.uuid4().hex}"
-            headers = {VERSION_HEADER: ref.version, "X-Request-Id": rid}
+            headers = {VERSION_HEADER: ref.version, "X-Request-Id": rid, REPLICA_HEADER: self.replica_id}
             log.info("completion model=%s version=%s key=%s prompts=%d", req.model, ref.version, fp, len(ids))
             if req.stream:
                 include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -435,10 +536,15 @@ class LexforgeServer:
                     raise APIError(502, f"could not resolve/load the champion: {type(e).__name__}: {e}; "
                                    f"{self.s.served_name} still serves version {previous.version if previous else '-'}",
                                    "server_error", None, "champion_reload_failed")
-            self.metrics.reloads.labels("ok").inc()
-            log.info("reload-champion by key=%s: %s -> %s", fp, previous.version if previous else None, ref.version)
+                gen = await self._publish(ref)
+            lagging = await self._wait_all_replicas(gen)
+            self.metrics.reloads.labels("ok" if not lagging else "partial").inc()
+            log.info("reload-champion by key=%s: %s -> %s (generation %d, lagging replicas: %s)", fp,
+                     previous.version if previous else None, ref.version, gen, lagging or "none")
             return JSONResponse({"served_name": self.s.served_name, "version": ref.version,
-                                 "adapter_path": ref.path, "previous_version": previous.version if previous else None})
+                                 "adapter_path": ref.path, "previous_version": previous.version if previous else None,
+                                 "generation": gen, "replicas_in_sync": not lagging, "lagging_replicas": lagging},
+                                status_code=200 if not lagging else 504)
 
         return await self._observe(request, run)
 
@@ -454,11 +560,15 @@ class LexforgeServer:
                 check_adapter_dir(reg.path, self.s.max_lora_rank)
             except AdapterError as e:
                 raise APIError(422, str(e), "invalid_request_error", "path", "invalid_adapter")
-            ref = self.table.build(reg.name, reg.path, reg.version or reg.name, source="admin")
-            await self.engine.load_adapter(ref)
-            old = self.table.put(ref)
+            async with self._reload_lock:
+                ref = self.table.build(reg.name, reg.path, reg.version or reg.name, source="admin")
+                await self.engine.load_adapter(ref)
+                old = self.table.put(ref)
+                gen = await self._publish(ref)
+            lagging = await self._wait_all_replicas(gen)
             return JSONResponse({"name": ref.name, "version": ref.version, "path": ref.path,
-                                 "replaced_version": old.version if old else None})
+                                 "replaced_version": old.version if old else None, "replicas_in_sync": not lagging,
+                                 "lagging_replicas": lagging}, status_code=200 if not lagging else 504)
 
         return await self._observe(request, run)
 
@@ -467,7 +577,8 @@ class LexforgeServer:
         self._authorize(request, admin=True)
         return JSONResponse({"adapters": [{"name": r.name, "version": r.version, "path": r.path,
                                            "lora_id": r.lora_id, "source": r.source} for r in self.table.refs()],
-                             "champion_error": self.champion_error})
+                             "champion_error": self.champion_error, "generation": self.gen,
+                             "replica": self.replica_id})
 
     @api.get("/metrics")
     async def metrics_route(self, request: Request) -> Response:
@@ -483,12 +594,16 @@ class LexforgeServer:
         champ = self.table.get(self.s.served_name)
         return JSONResponse({"status": "ok", "served_name": self.s.served_name,
                              "champion_version": champ.version if champ else None,
-                             "champion_error": self.champion_error})
+                             "champion_error": self.champion_error, "generation": self.gen,
+                             "replica": self.replica_id})
 
     async def check_health(self) -> None:  # Ray Serve's replica health check
         await self.engine.check_health()
 
     def __del__(self):
+        task = getattr(self, "_sync_task", None)
+        if task is not None:
+            task.cancel()
         eng = getattr(self, "engine", None)
         if eng is not None:
             eng.shutdown()
@@ -497,14 +612,39 @@ class LexforgeServer:
 # ---- building and running -------------------------------------------------------------------------------------
 
 
+def _code_version() -> str:
+    """Hash of this package's source: a deployment restarts its replicas when the code changes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def build_app(s: ServeSettings):
-    """The bound Ray Serve application for ``s`` (pass to ``serve.run``)."""
+    """The bound Ray Serve application for ``s`` (pass to ``serve.run``).
+
+    Deployments get explicit versions (code hash + settings), so re-running with only ``num_replicas`` changed
+    is a lightweight update: running engines and the shared adapter table are kept, replicas are added/removed.
+    """
+    import hashlib
+
     actor: dict[str, Any] = {"num_cpus": s.num_cpus}
     if s.resolved_accelerator() == "gpu":
         actor["num_gpus"] = s.num_gpus or 1
-    return LexforgeServer.options(
-        num_replicas=s.num_replicas, ray_actor_options=actor, max_ongoing_requests=s.max_ongoing_requests,
-    ).bind(s.model_dump())
+    args = s.model_dump(exclude={"num_replicas"})
+    code = _code_version()
+    version = hashlib.sha256((code + json.dumps(args, sort_keys=True)).encode()).hexdigest()[:16]
+    server = LexforgeServer.options(num_replicas=s.num_replicas, ray_actor_options=actor,
+                                    max_ongoing_requests=s.max_ongoing_requests)
+    state = AdapterState.options()
+    # Ray 2.60's serve.run gives a deployment without a version a random one (every deploy restarts all
+    # replicas) and no longer accepts `version` in options(); set the internal field where it exists.
+    for dep, v in ((server, version), (state, code)):
+        if hasattr(dep, "_version"):
+            dep._version = v
+    return server.bind(args, state.bind())
 
 
 def run_server(s: ServeSettings, host: str = "127.0.0.1", port: int = 8000, app_name: str = "lexforge",
