@@ -58,7 +58,7 @@ FLOW_SCRIPT = textwrap.dedent('''
 
         tok = AutoTokenizer.from_pretrained(s.model.base)
         rows = [json.loads(l) for l in store.get_bytes(s.data.train.split(store.uri + "/", 1)[1]).splitlines()]
-        tokens = sum(len(tok.apply_chat_template(r["messages"], tokenize=True)) for r in rows)
+        tokens = sum(len(tok(json.dumps(r))["input_ids"]) for r in rows)
         model = AutoModelForCausalLM.from_pretrained(s.model.base)
         model = get_peft_model(model, LoraConfig(r=s.lora.r, lora_alpha=s.lora.alpha, target_modules="all-linear"))
         for step in (1, 2):
@@ -355,6 +355,25 @@ def test_job_runs_to_success_with_events_checkpoints_and_results(client, base_mo
     assert job.id in [j.id for j in listed]
 
 
+def test_dpo_job_with_method_and_metadata_filter(client, base_model, flow_runner, api_settings):
+    prefs = [{"prompt": f"Is a verbal contract for land valid? ({i})", "chosen": "No: it must be in writing "
+              f"(LP(MP)A 1989 s.2). [{i}]", "rejected": f"Yes, always. [{i}]"} for i in range(6)]
+    train = upload(client, jsonl(prefs), "prefs.jsonl")
+    assert "format preference" in client.files.retrieve(train.id).status_details
+    with pytest.raises(openai.BadRequestError):  # preference data cannot train a supervised job
+        client.fine_tuning.jobs.create(model=base_model, training_file=train.id)
+    job = client.fine_tuning.jobs.create(
+        model=base_model, training_file=train.id, metadata={"matter": "m-42"},
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == pytest.approx(0.2)
+    assert [j.id for j in client.fine_tuning.jobs.list(extra_query={"metadata[matter]": "m-42"})] == [job.id]
+    done = wait_status(client, job.id, {"succeeded", "failed", "cancelled"})
+    assert done.status == "succeeded", done.error
+    spec = json.loads((Path(api_settings.store_root) / "runs" / job.id / "received_spec.json").read_text())["spec"]
+    assert spec["stage"] == "dpo" and spec["hyperparams"]["dpo_beta"] == pytest.approx(0.2)
+    assert spec["data"]["format"] == "preference"
+
+
 def test_job_failure_is_reported(client, base_model, flow_runner):
     train = upload(client, jsonl(chat_rows(3)))
     job = client.fine_tuning.jobs.create(model=base_model, training_file=train.id, suffix="boom")
@@ -395,6 +414,29 @@ def test_jobs_list_paginates(client, base_model, flow_runner):
     assert [j.id for j in client.fine_tuning.jobs.list(limit=1)] == ids
     nxt = client.fine_tuning.jobs.list(limit=2, after=ids[0])
     assert [j.id for j in nxt.data] == ids[1:3]
+
+
+def test_cli_serves_the_api(prefect_server, tmp_path):
+    from lexforge.procs import bin_path, wait_http
+
+    port = free_port()
+    env = {"LEXFORGE_HOME": str(tmp_path / "home"), "PREFECT_API_URL": prefect_server}
+    bad = subprocess.run([bin_path("lexforge"), "api", "--port", str(port)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, **env, "LEXFORGE_API_KEYS": ""})
+    assert bad.returncode == 2 and "LEXFORGE_API_KEYS" in bad.stderr
+    log = tmp_path / "api.log"
+    proc = spawn([bin_path("lexforge"), "api", "--port", str(port)], log,
+                 env={**env, "LEXFORGE_API_KEYS": "sk-cli-key-0123456789"})
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc, log_path=log)
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-cli-key-0123456789", max_retries=0)
+        f = c.files.create(file=("t.jsonl", jsonl(chat_rows(2))), purpose="fine-tune")
+        assert c.files.retrieve(f.id).status == "processed"
+        assert (tmp_path / "home" / "api" / "api.db").is_file()
+        assert (tmp_path / "home" / "store" / "api" / "files" / f"{f.id}.jsonl").is_file()
+    finally:
+        stop_group(proc.pid)
+    assert "sk-cli-key-0123456789" not in log.read_text()
 
 
 def test_state_survives_a_restart(api, api_settings, base_model):

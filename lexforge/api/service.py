@@ -261,10 +261,13 @@ class FineTuningService:
         def view(row):
             return job_object(row, self.settings.organization_id)
 
-        page = self._page("jobs", after, limit, True, "", (), view)
-        if metadata:
-            page["data"] = [j for j in page["data"] if all((j["metadata"] or {}).get(k) == v for k, v in metadata.items())]
-        return page
+        conds, args = [], []
+        for k, v in (metadata or {}).items():
+            if '"' in k or len(k) > 64:
+                raise bad_request(f"metadata key {k!r} is not valid", f"metadata[{k}]", "invalid_metadata")
+            conds.append("json_extract(metadata_json, ?) = ?")
+            args += [f'$."{k}"', v]
+        return self._page("jobs", after, limit, True, " AND ".join(conds), tuple(args), view)
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         row = self.get_job_row(job_id)
