@@ -73,7 +73,11 @@ def up(
                               f"run `lexforge down` first to change it[/]")
                 raise typer.Exit(2)
             setattr(cfg, attr, val)
-    stack.up(cfg, echo=console.print)
+    try:
+        stack.up(cfg, echo=console.print)
+    except (RuntimeError, TimeoutError) as e:
+        console.print(f"[red]lexforge up failed:[/] {e}")
+        raise typer.Exit(1)
     _print_status(stack.status(cfg))
     for k, v in cfg.env().items():
         print(f"export {k}={v}")

@@ -186,6 +186,22 @@ def ray_temp_dir(home: Path) -> str:
     return str(d)
 
 
+def service_ports(cfg: StackConfig, svc: str) -> list[int]:
+    return {
+        "prefect": [cfg.prefect_port],
+        "mlflow": [cfg.mlflow_port],
+        "ray": [cfg.ray_port, cfg.ray_dashboard_port, cfg.ray_client_port],
+    }[svc]
+
+
+def port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
+
+
 @dataclass
 class ServiceStatus:
     name: str
@@ -214,12 +230,21 @@ def up(cfg: StackConfig | None = None, services: tuple[str, ...] = SERVICES, tim
         cfg = running if any(read_pid(running, s) for s in SERVICES) else StackConfig()
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     _save_config(cfg)
-    started = {}
+    to_start = []
     for svc in services:
         pid = read_pid(cfg, svc)
         if pid is not None:
             echo(f"{svc}: already running (pid {pid})")
             continue
+        busy = [port for port in service_ports(cfg, svc) if port_in_use(port)]
+        if busy:  # checked for every service before anything starts
+            raise RuntimeError(
+                f"{svc}: port(s) {', '.join(map(str, busy))} on {HOST} are already in use by another process "
+                f"(not started by this stack in {cfg.home}); stop it or pick other ports, e.g. "
+                f"`lexforge up --{svc}-port N` or LEXFORGE_{svc.upper()}_PORT")
+        to_start.append(svc)
+    started = {}
+    for svc in to_start:
         cmd, env = _command(cfg, svc)
         log = cfg.log_dir / f"{svc}.log"
         proc = spawn(cmd, log, env=env)

@@ -81,3 +81,15 @@ def test_bad_port_env_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LEXFORGE_MLFLOW_PORT", "fivethousand")
     with pytest.raises(ValueError, match="LEXFORGE_MLFLOW_PORT"):
         stack.StackConfig()
+
+
+def test_port_taken_by_a_stranger_is_refused_before_anything_starts(stack_env, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", int(stack_env["LEXFORGE_MLFLOW_PORT"])))
+        s.listen(1)
+        r = _cli("up", env=stack_env)
+    assert r.returncode != 0
+    assert f"port(s) {stack_env['LEXFORGE_MLFLOW_PORT']}" in r.stderr and "already in use" in r.stderr
+    assert not list((tmp_path / "home" / "stack").glob("*.pid")), "nothing may be started"
