@@ -6,7 +6,6 @@ This is what training and the Prefect flows call (see docs/dev/CONTRACTS.md).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
