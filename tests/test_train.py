@@ -24,7 +24,7 @@ def ray_local(lexforge_home):
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
+        ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 

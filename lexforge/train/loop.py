@@ -21,6 +21,7 @@ from lexforge.config import spec_from_dict
 from lexforge.storage import store_for_spec
 from lexforge.train.checkpoint import CheckpointManager
 from lexforge.train.data import BatchPlan, TrainData, read_clean_rows, tokenize_rows
+from lexforge.train.metrics import TrainMetrics
 from lexforge.train.export import output_key, publish_output, write_output
 from lexforge.train.model import (build_policy, build_reference, build_tokenizer, check_method_supported,
                                   resolve_attn_implementation, resolve_precision)
@@ -137,6 +138,7 @@ class Trainer:
                                       data_position=self.plan.position, preemption=self.preemption,
                                       on_event=self.metrics.event)
         self.metrics_pg = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        self.prom = TrainMetrics(spec.name, ctx.rank)
         self.reporter = Reporter(self.store, spec.name, self.total_steps, ctx.rank, self.metrics, hp.log_every_n_steps)
 
     def _global_mean(self, values: list[float]) -> list[float]:
@@ -192,7 +194,9 @@ class Trainer:
             losses[step] = loss
             train_seconds += step_time
             tokens_total += stats["tokens"]
-            self.ckpt.save(step, metrics={"loss": loss})
+            saved = self.ckpt.save(step, metrics={"loss": loss})
+            self.prom.record(stats["tokens"] / self.ctx.world_size / step_time, step_time,
+                             self.ckpt.stats.last_stall_s if saved else None)
             stats.update(step_time_s=step_time, tokens_per_s=stats["tokens"] / step_time,
                          checkpoint_stall_s=self.ckpt.stats.last_stall_s)
             self.reporter.step(step, loss, stats, force=step == self.total_steps)
