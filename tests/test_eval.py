@@ -239,7 +239,8 @@ def test_eval_cli_vllm_engine_with_lora(tmp_path):
         "name: vllmeval\ndata: {train: unused.jsonl}\n"
         f"storage: {{root: {tmp_path / 'store'}}}\nserve: {{max_model_len: 1024}}\n"
         f"eval:\n  max_new_tokens: 4\n  suites:\n    - {{name: yes_no, path: {YES_NO}}}\n")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    # one unbound OpenMP thread: on shared cores vLLM's default core binding spins against other processes
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "lexforge.cli", "eval", str(spec_file), "--adapter", str(adapter),
                           "--label", "vllm", "--engine", "vllm", "--json", "--cost-per-hour", "1.5"],
                          capture_output=True, text=True, env=env, timeout=600)

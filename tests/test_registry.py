@@ -145,7 +145,8 @@ def test_register_gate_promote_resolve_rollback_audit(mlflow_server, tmp_path, t
     d3 = decide_promotion(spec, name, v3.version)
     assert d3.promote, d3.reasons
     promote(name, v3.version, d3)
-    assert aliases_of(c, name) == {"champion": "3", "previous_champion": "1", "challenger": "2"}
+    # (registering v3 moved @challenger to v3; promoting it consumed the alias)
+    assert aliases_of(c, name) == {"champion": "3", "previous_champion": "1"}
     t3 = c.get_model_version(name, "3").tags
     assert t3["promotion.promoted_by"] == "alice@firm" and t3["promotion.replaced_version"] == "1"
 
@@ -163,7 +164,7 @@ def test_register_gate_promote_resolve_rollback_audit(mlflow_server, tmp_path, t
     # rollback: champion back to v1 in one move; v3 marked; no further rollback target
     back = rollback(name, reason="client complaint about v3")
     assert back.version == "1"
-    assert aliases_of(c, name) == {"champion": "1", "challenger": "2"}
+    assert aliases_of(c, name) == {"champion": "1"}
     t3 = c.get_model_version(name, "3").tags
     assert t3["promotion.status"] == "rolled_back" and t3["promotion.rollback_reason"] == "client complaint about v3"
     with pytest.raises(RegistryError, match="no previous_champion"):
