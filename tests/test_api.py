@@ -501,7 +501,7 @@ def serve_app(serve_base, lexforge_home):
             ray.shutdown()
 
 
-def test_fine_tuned_model_is_served_for_chat(serve_app, serve_base, api_settings, flow_runner, tmp_path):
+def test_fine_tuned_model_is_served_for_chat(serve_app, serve_base, base_model, api_settings, flow_runner, tmp_path):
     from dataclasses import replace
 
     serve_url = serve_app
@@ -530,5 +530,18 @@ def test_fine_tuned_model_is_served_for_chat(serve_app, serve_base, api_settings
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model=f"{serve_base}:ft-nope", max_tokens=4,
                                            messages=[{"role": "user", "content": "hi"}])
+
+        # a model fine-tuned from another base is not loaded onto this server's base: the job says why
+        other = client.fine_tuning.jobs.create(model=base_model, training_file=train.id, suffix="other")
+        other = wait_status(client, other.id, {"succeeded", "failed", "cancelled"})
+        assert other.status == "succeeded", other.error
+        deadline = time.monotonic() + 120
+        while True:
+            warns = [e for e in client.fine_tuning.jobs.list_events(other.id, limit=100) if e.level == "warn"]
+            if any("Model not served" in e.message and "base model" in e.message for e in warns):
+                break
+            assert time.monotonic() < deadline, warns
+            time.sleep(1)
+        assert other.fine_tuned_model not in [m.id for m in client.models.list()]
     finally:
         server.stop()

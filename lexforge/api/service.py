@@ -25,7 +25,7 @@ from lexforge.api.jobs import (
     job_object, new_id, resolve_base_model, resolved_hyperparameters,
 )
 from lexforge.api.orchestrator import STATUS_BY_STATE, OrchestratorError, PrefectJobs, parse_ts
-from lexforge.api.serving import BaseMismatch, ServeClient, ServeError
+from lexforge.api.serving import ServeClient, ServeError, ServeRejected
 from lexforge.api.settings import ApiSettings
 from lexforge.storage import open_store
 
@@ -398,9 +398,9 @@ class FineTuningService:
         base = resolve_base_model(row["model"], ())
         try:
             self.serve.register_adapter(row["fine_tuned_model"], path, version=row["id"], base_model=base)
-        except BaseMismatch as e:
+        except ServeRejected as e:
             self.db.update("jobs", row["id"], {"served": -1})
-            self._event(row["id"], "serve-mismatch", f"Model not served: {e}", level="warn")
+            self._event(row["id"], "serve-rejected", f"Model not served: {e}", level="warn")
             return
         except ServeError as e:
             self._event(row["id"], "serve-pending", f"Model not yet served (will retry): {e}", level="warn")

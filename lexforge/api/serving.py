@@ -14,7 +14,11 @@ class ServeError(RuntimeError):
     """The serving app is unreachable or refused the adapter (retried later)."""
 
 
-class BaseMismatch(ServeError):
+class ServeRejected(ServeError):
+    """The serving app refused the adapter for a reason retrying cannot fix (bad name, invalid adapter)."""
+
+
+class BaseMismatch(ServeRejected):
     """The serving app runs a different base model (not retried)."""
 
 
@@ -62,6 +66,8 @@ class ServeClient:
                                headers=self._admin_headers, timeout=300)
         except httpx.HTTPError as e:
             raise ServeError(f"serving app {self.base_url} unreachable: {type(e).__name__}: {e}") from None
+        if r.status_code in (400, 409, 422):
+            raise ServeRejected(f"serving app rejected adapter {name!r}: {r.status_code} {r.text[:500]}")
         if r.status_code >= 400:
             raise ServeError(f"serving app refused adapter {name!r}: {r.status_code} {r.text[:500]}")
         return r.json() if r.content else {}
