@@ -476,9 +476,9 @@ def test_cli_check_json_and_strict_exit(cli, tmp_path, tiny_model_dir):
     r = CliRunner().invoke(cli, ["data", "check", str(SAMPLE), "-m", str(tiny_model_dir), "--strict"])
     assert r.exit_code == 1 and f"{SAMPLE}:17: invalid_json" in " ".join(r.output.split())
     r = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "nope.jsonl")])
-    assert r.exit_code == 1 and "input file not found" in r.output
+    assert r.exit_code == 1 and f"{tmp_path / 'nope.jsonl'}: input file not found" in r.output
     r = CliRunner().invoke(cli, ["data", "check", str(SAMPLE), "--on-too-long", "cut"])
-    assert r.exit_code == 2 and "on_too_long must be drop or truncate" in r.output
+    assert r.exit_code == 2 and "on_too_long must be drop or truncate, not 'cut'" in r.output
 
 
 def test_cli_sanitize_writes_and_stores(cli, tmp_path, tiny_model_dir):

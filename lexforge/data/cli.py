@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True)
 data_app = typer.Typer(help="Validate, repair and sanitize training data; store it by content digest.",
@@ -28,7 +29,7 @@ def _progress() -> Iterator[object]:
 
 
 def _fail(msg: str, code: int = 1) -> None:
-    console.print(f"[red]error:[/] {msg}", markup=True, highlight=False)
+    console.print(f"[red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)  # one line: greppable
     raise typer.Exit(code)
 
 

@@ -42,11 +42,12 @@ def report_markdown(report: dict) -> str:
 
 def print_report(report: dict, console: Any = None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console(stderr=True)
     ts = report.get("token_stats_train") or report.get("token_stats")
-    console.print(f"[bold]{report['source']}[/]: format [cyan]{report['format']}[/]"
+    console.print(f"[bold]{escape(str(report['source']))}[/]: format [cyan]{report['format']}[/]"
                   f"{' (detected)' if report.get('format_detected') else ''}; "
                   f"{report['total']} rows: [green]{report['kept']} kept[/], [yellow]{report['repaired']} repaired[/], "
                   f"[red]{report['dropped_total']} dropped[/]")
@@ -55,8 +56,8 @@ def print_report(report: dict, console: Any = None) -> None:
         for c in ("reason", "rows", "lines", "example", "what to do"):
             t.add_column(c, overflow="fold")
         for reason, d in report["dropped"].items():
-            ex = d["examples"][0]["detail"] if d["examples"] else ""
-            t.add_row(reason, str(d["count"]), _lines(d["lines"], d["lines_truncated"]), ex, d["hint"])
+            ex = escape(d["examples"][0]["detail"]) if d["examples"] else ""  # details quote user data
+            t.add_row(reason, str(d["count"]), _lines(d["lines"], d["lines_truncated"]), ex, escape(d["hint"]))
         console.print(t)
     if report["repairs"]:
         t = Table(title="repairs (row kept)")
@@ -66,7 +67,8 @@ def print_report(report: dict, console: Any = None) -> None:
             t.add_row(kind, str(r["rows"]), _lines(r["lines"], r["rows"] > len(r["lines"])))
         console.print(t)
     if ts:
-        console.print(f"tokens ({report.get('tokenizer')}): {ts['total_tokens']} total, {ts['rows']} rows, "
+        tok = escape(str(report.get("tokenizer")))
+        console.print(f"tokens ({tok}): {ts['total_tokens']} total, {ts['rows']} rows, "
                       f"p50 {ts['p50']}, p95 {ts['p95']}, max {ts['max']}")
     elif report.get("tokenizer") is None:
         console.print("[yellow]no tokenizer: token lengths were not checked[/]")
