@@ -208,21 +208,20 @@ class LexforgeServer:
             await self.engine.load_adapter(ref)
             self.table.put(ref)
         snap = await self.state.snapshot.remote() if self.state is not None else {"gen": 0, "entries": {}}
-        if self.s.served_name in snap["entries"]:  # other replicas already agreed on a champion: follow it
-            await self._apply(snap["entries"])
-            self.gen = snap["gen"]
-        else:
+        shared_champion = self.s.served_name in snap["entries"]
+        await self._apply(snap["entries"])  # follow what other replicas already agreed on
+        self.gen = snap["gen"]
+        if self.table.get(self.s.served_name) is None:
             try:
                 ref = await self._install_champion(await asyncio.to_thread(self.champion_source.resolve))
-                await self._publish(ref)
+                if not shared_champion:
+                    await self._publish(ref)
             except Exception as e:  # no champion yet: the stable name serves the base model until a reload
                 self.champion_error = f"{type(e).__name__}: {e}"
                 log.warning("champion not loaded (%s); %s serves the base model", self.champion_error,
                             self.s.served_name)
                 self.table.put(self.table.build(self.s.served_name, None, "base", source="champion"))
                 self.metrics.set_champion(self.s.served_name, "base")
-            if snap["entries"]:
-                await self._apply({k: v for k, v in snap["entries"].items() if k != self.s.served_name})
         self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop()) if self.state else None
 
     # ---- replica sync -----------------------------------------------------------------------------------
@@ -248,9 +247,11 @@ class LexforgeServer:
     async def _publish(self, *refs: AdapterRef) -> int:
         if self.state is None:
             return self.gen
-        self.gen = await self.state.publish.remote(
+        gen = await self.state.publish.remote(
             {r.name: {"path": r.path, "version": r.version, "source": r.source} for r in refs})
-        return self.gen
+        if gen == self.gen + 1:  # nothing published in between: our table is exactly generation `gen`
+            self.gen = gen       # (otherwise the sync loop fetches the full snapshot, ours included)
+        return gen
 
     async def _wait_all_replicas(self, gen: int) -> list[str]:
         """Replica ids that have not applied ``gen`` yet after SYNC_TIMEOUT_S (empty = all in sync)."""
