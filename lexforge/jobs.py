@@ -195,13 +195,13 @@ def dispatch_training(
             if st in ACTIVE or st == "SUCCEEDED":
                 return Dispatch(sid, st, "attached", attempt)
             continue  # FAILED / STOPPED: next attempt resumes from the latest checkpoint
-        work = Path(tempfile.mkdtemp(prefix=f"lexforge-job-{run}-"))
         cmd = entrypoint or f"{job_python(url)} -m {ENTRYPOINT_MODULE} spec.yaml"
         metadata = {"lexforge_run": run, "spec_hash": spec.spec_hash(), "dataset": dataset_digest or "",
                     "flow_run_id": str(flow_run_id or ""), "attempt": str(attempt),
                     "store": spec.storage.resolved_root(), **(extra_metadata or {})}
-        client.submit_job(entrypoint=cmd, submission_id=sid, runtime_env=runtime_env_for(spec, work),
-                          metadata=metadata, entrypoint_num_cpus=0)
+        with tempfile.TemporaryDirectory(prefix=f"lexforge-job-{run}-") as work:  # uploaded by submit_job
+            client.submit_job(entrypoint=cmd, submission_id=sid, runtime_env=runtime_env_for(spec, Path(work)),
+                              metadata=metadata, entrypoint_num_cpus=0)
         return Dispatch(sid, "PENDING", "submitted", attempt)
     raise TrainJobError(f"run {run}: {max_attempts} attempts already used by flow run {flow_run_id}; "
                         "start a new flow run (lexforge jobs resume) or investigate the failures", "", "FAILED")
@@ -274,7 +274,10 @@ def raise_for_outcome(outcome: JobOutcome) -> dict:
     r = outcome.result
     if outcome.status == "SUCCEEDED" and r is not None and r.get("status", "completed") == "completed":
         return r
-    if outcome.status == "SUCCEEDED" and r is not None:
+    if r is not None and r.get("status") == "invalid":
+        raise TrainJobError(f"Ray job {outcome.submission_id}: invalid spec or setup, not retried: {r.get('error')}",
+                            outcome.submission_id, "INVALID")
+    if r is not None and r.get("status") not in (None, "completed"):
         raise TrainJobError(f"Ray job {outcome.submission_id}: training {r.get('status')} at step {r.get('steps')} "
                             f"({(r.get('details') or {}).get('preemption_reason') or 'stop requested'}); "
                             "the next attempt resumes from the last checkpoint", outcome.submission_id, "PREEMPTED")

@@ -57,9 +57,10 @@ def ensure_work_pool(name: str, pool_type: str = "process") -> bool:
     return False
 
 
-def _abs_spec(path: str) -> str:
+def _abs_spec(path: str, base: Path = REPO) -> str:
+    """Absolute spec path: paths in prefect.yaml are relative to the repository, CLI paths to the cwd."""
     p = Path(path)
-    return str(p if p.is_absolute() else (REPO / p).resolve())
+    return str(p if p.is_absolute() else (base / p).resolve())
 
 
 def apply_deployments(file: Path = DEFAULT_FILE, pool: str | None = None, pool_type: str = "process",
@@ -87,7 +88,7 @@ def apply_deployments(file: Path = DEFAULT_FILE, pool: str | None = None, pool_t
             pools_done.add(pool_name)
         params = dict(d.get("parameters") or {})
         if "spec_path" in params:
-            params["spec_path"] = _abs_spec(spec or params["spec_path"])
+            params["spec_path"] = _abs_spec(spec, Path.cwd()) if spec else _abs_spec(params["spec_path"])
         schedules = [Cron(cron or s["cron"], timezone=s.get("timezone", "UTC"), active=s.get("active", True))
                      for s in d.get("schedules") or []]
         triggers = []
@@ -222,7 +223,7 @@ def resume_run(run: str | None, spec: str | None = None, overrides: list[str] | 
 
     params: dict = {"manual": True}
     if spec:
-        params.update(spec_path=_abs_spec(spec), overrides=list(overrides or []))
+        params.update(spec_path=_abs_spec(spec, Path.cwd()), overrides=list(overrides or []))
     if run:
         client = _ray_client(ray_address)
         history = jobs.jobs_for_run(client, run)

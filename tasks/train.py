@@ -22,7 +22,10 @@ from tasks.dashboard import artifact_key, mlflow_run_url, ray_job_url
 
 
 def _retry_unless_cancelled(task, task_run, state) -> bool:
-    """On-call cancelled the flow run (``lexforge jobs cancel``): do not start another attempt."""
+    """No new attempt for an invalid spec/setup, or when on-call cancelled the flow run (``lexforge jobs cancel``)."""
+    exc = state.result(raise_on_failure=False)
+    if isinstance(exc, jobs.TrainJobError) and exc.status == "INVALID":
+        return False
     try:
         with get_client(sync_client=True) as client:
             fr = client.read_flow_run(task_run.flow_run_id)
@@ -83,7 +86,11 @@ def train(spec: JobSpec, dataset_digest: str | None = None, entrypoint: str | No
         update_progress_artifact(progress_id, _percent(p), description=f"{spec.name}: {_describe(p)}")
         log.info("progress: %s", _describe(p))
 
-    outcome = jobs.follow_job(client, d.submission_id, on_log=lambda line: log.info("[ray] %s", line),
+    def on_log(line: str) -> None:
+        if "LEXFORGE_PROGRESS " not in line:  # progress goes to the progress artifact instead
+            log.info("[ray] %s", line)
+
+    outcome = jobs.follow_job(client, d.submission_id, on_log=on_log,
                               on_progress=on_progress, read_progress=lambda: jobs.read_progress(spec))
     result = jobs.raise_for_outcome(outcome)
     update_progress_artifact(progress_id, 100.0,
