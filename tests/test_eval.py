@@ -245,7 +245,10 @@ def test_eval_cli_vllm_engine_with_lora(tmp_path):
                           "--label", "vllm", "--engine", "vllm", "--json", "--cost-per-hour", "1.5"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    rep = json.loads(out.stdout)
+    # libraries may print warnings on stdout before the report (deepspeed's accelerator notice): start at "{"
+    lines = out.stdout.splitlines()
+    rep = json.loads("\n".join(lines[next(i for i, l in enumerate(lines) if l.startswith("{")):]))
+    assert rep == json.loads((tmp_path / "store" / "runs" / "vllmeval" / "eval" / "vllm.json").read_text())
     assert rep["engine"] == "vllm" and rep["engine_fallback_reason"] is None
     yn = rep["suites"]["yes_no"]
     assert yn["n"] == len(task.test_rows)

@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON on stdout"),
     ) -> None:
         """Evaluate a model (+adapter) on the spec's held-out LegalBench-layout suites."""
+        import os
+
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries only the report
         from lexforge.config import SpecError, load_spec
         from lexforge.evaluate import EvalError, run_eval
         from lexforge.evaluate.tasks import TaskError
