@@ -19,10 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-# A local ray.init() anywhere on this machine writes ~/.ray/auth_token, after which `ray start` enables token
-# auth and the ray_head fixture's unauthenticated health check never passes. These tests use local clusters
-# only: run them without token auth (must be set before the session's ray_head starts).
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # The prefect_server fixture does not tell its UI where the API is (it defaults to port 4200); same-origin "/api"
 # lets the UI screenshot test render pages of the fixture's server.
 os.environ.setdefault("PREFECT_UI_API_URL", "/api")
@@ -444,3 +440,33 @@ def test_prefect_ui_renders_pipeline_run(orchestrated, tmp_path):
     assert f"Flow Run: {fr.name}" in page and "Completed" in page and "resume" in page, page[:2000]
     art = render(f"{ui}/artifacts/key/promotion-decision-flows-e2e", "prefect-artifact")
     assert "promotion-decision-flows-e2e" in art, art[:2000]
+
+
+def test_resume_retry_budget_and_noop(tmp_path, prefect_server):
+    """The budget counts the chain of automatic resumes; beyond it the run ends FAILED as RetryBudgetExhausted
+    (an event name the automation does not match). A run that did not fail is not resumed."""
+    from prefect import get_client
+    from prefect.states import Completed, Failed
+
+    from flows.resume import resume
+    from flows.retrain import retrain
+
+    spec_path = str(_fake_spec(tmp_path, "budget-run"))
+    with get_client(sync_client=True) as c:
+        origin = c.create_flow_run(retrain, parameters={"spec_path": spec_path, "overrides": []}, state=Failed())
+        first = c.create_flow_run(resume, parameters={"failed_flow_run_id": str(origin.id)}, state=Failed())
+        second = c.create_flow_run(resume, parameters={"failed_flow_run_id": str(first.id)}, state=Failed())
+        done = c.create_flow_run(retrain, parameters={"spec_path": spec_path}, state=Completed())
+
+    state = resume(failed_flow_run_id=str(second.id), max_attempts=2, return_state=True)
+    assert state.type.value == "FAILED" and state.name == "RetryBudgetExhausted"
+    assert "2 automatic resumes already failed" in state.message
+    stored = _read_flow_run(state.state_details.flow_run_id).state
+    assert (stored.type.value, stored.name) == ("FAILED", "RetryBudgetExhausted")
+    assert "resume-budget-exhausted" in _artifacts(state.state_details.flow_run_id)
+
+    state = resume(failed_flow_run_id=str(done.id), return_state=True)
+    assert state.is_completed() and "not failed/crashed: nothing to resume" in state.message
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # before the session's server stops
