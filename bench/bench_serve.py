@@ -3,18 +3,21 @@
 1. lexforge (Ray Serve + vLLM AsyncLLM, auth + metrics + adapter table)  vs  bare vLLM OpenAI server
    (``python -m vllm.entrypoints.openai.api_server``, same engine flags incl. LoRA enabled):
    throughput (completion tokens/s, requests/s) and latency (p50/p95 end-to-end, p50 time to first token).
+   Both servers run at the same time and the measurement rounds alternate between them (ABBA), so load from
+   other processes on a shared machine affects both sides alike.
 2. vLLM (the bare server's measured tokens/s)  vs  transformers ``generate`` (in-process, greedy, batches of
    ``--concurrency`` prompts): tokens/s ratio.
 
 Both servers get identical streaming chat requests (greedy, fixed max_tokens) from ``--concurrency`` client
 threads. Runs on CPU in a few minutes with the tiny model (default) or SmolLM2 (``--model smollm2``).
 
-    .venv/bin/python bench/bench_serve.py [--model tiny|smollm2|PATH] [--requests 32] [--concurrency 4]
+    .venv/bin/python bench/bench_serve.py [--model tiny|smollm2|PATH] [--requests 16] [--rounds 4] [--concurrency 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -115,7 +118,7 @@ def load(url: str, model: str, msgs: list[list[dict]], max_tokens: int, concurre
     lat = sorted(r["latency"] for r in rows)
     tokens = sum(r["tokens"] for r in rows)
     return {
-        "requests": len(rows), "errors": len(errors), "error_samples": errors[:3], "wall_s": wall,
+        "rows": rows, "requests": len(rows), "errors": len(errors), "error_samples": errors[:3], "wall_s": wall,
         "completion_tokens": tokens, "tokens_per_s": tokens / wall, "requests_per_s": len(rows) / wall,
         "p50_latency_s": statistics.median(lat) if lat else None,
         "p95_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
@@ -123,7 +126,9 @@ def load(url: str, model: str, msgs: list[list[dict]], max_tokens: int, concurre
     }
 
 
-def bench_lexforge(model: Path, args, msgs) -> dict:
+@contextlib.contextmanager
+def lexforge_server(model: Path, args):
+    """lexforge's Ray Serve app on a local Ray; yields (url, model name, startup seconds)."""
     import ray
     from ray import serve
 
@@ -144,16 +149,15 @@ def bench_lexforge(model: Path, args, msgs) -> dict:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(s), name="lexforge", route_prefix="/", blocking=False)
-        startup = time.perf_counter() - t0
-        res = load(f"http://127.0.0.1:{port}", s.base_name, msgs, args.max_tokens, args.concurrency)
-        res["startup_s"] = startup
-        return res
+        yield f"http://127.0.0.1:{port}", s.base_name, time.perf_counter() - t0
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def bench_bare_vllm(model: Path, args, msgs, work: Path) -> dict:
+@contextlib.contextmanager
+def bare_vllm_server(model: Path, args, work: Path):
+    """``python -m vllm.entrypoints.openai.api_server`` with the same engine flags; yields (url, name, startup s)."""
     port = free_port()
     log = work / "vllm_server.log"
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
@@ -165,13 +169,44 @@ def bench_bare_vllm(model: Path, args, msgs, work: Path) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", timeout=600, proc=proc, log_path=log)
-        startup = time.perf_counter() - t0
-        res = load(f"http://127.0.0.1:{port}", "base", msgs, args.max_tokens, args.concurrency)
-        res["startup_s"] = startup
-        return res
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=900, proc=proc, log_path=log)
+        yield f"http://127.0.0.1:{port}", "base", time.perf_counter() - t0
     finally:
         stop_group(proc.pid)
+
+
+def merge(rounds: list[dict]) -> dict:
+    """Pool interleaved rounds: throughput = total tokens / total wall, latency percentiles over all requests."""
+    rows = [r for x in rounds for r in x.pop("rows")]
+    wall = sum(x["wall_s"] for x in rounds)
+    lat = sorted(r["latency"] for r in rows)
+    tokens = sum(r["tokens"] for r in rows)
+    return {
+        "rounds": len(rounds), "requests": len(rows), "errors": sum(x["errors"] for x in rounds),
+        "error_samples": [e for x in rounds for e in x["error_samples"]][:3], "wall_s": wall,
+        "completion_tokens": tokens, "tokens_per_s": tokens / wall if wall else 0.0,
+        "requests_per_s": len(rows) / wall if wall else 0.0,
+        "p50_latency_s": statistics.median(lat) if lat else None,
+        "p95_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
+        "p50_ttft_s": statistics.median(r["ttft"] for r in rows) if rows else None,
+        "per_round_tokens_per_s": [round(x["tokens_per_s"], 2) for x in rounds],
+    }
+
+
+def bench_servers(model: Path, args, msgs, work: Path) -> tuple[dict, dict]:
+    """Both servers up at once; rounds alternate between them (ABBA order) so background load drifts hit both."""
+    with bare_vllm_server(model, args, work) as (burl, bname, bstart), \
+            lexforge_server(model, args) as (lurl, lname, lstart):
+        out: dict[str, list] = {"bare": [], "lexforge": []}
+        targets = {"bare": (burl, bname), "lexforge": (lurl, lname)}
+        for i in range(args.rounds):
+            order = ["bare", "lexforge"] if i % 2 == 0 else ["lexforge", "bare"]
+            for k in order:
+                print(f"  round {i + 1}/{args.rounds}: {k}", flush=True)
+                out[k].append(load(*targets[k], msgs, args.max_tokens, args.concurrency))
+    bare, lx = merge(out["bare"]), merge(out["lexforge"])
+    bare["startup_s"], lx["startup_s"] = bstart, lstart
+    return bare, lx
 
 
 def bench_transformers(model: Path, args, msgs) -> dict:
@@ -206,7 +241,8 @@ def ratio(a, b):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny", help="tiny | smollm2 | PATH to an HF model dir")
-    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=32, help="requests per round per server")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved measurement rounds per server")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-model-len", type=int, default=512)
@@ -223,12 +259,10 @@ def main() -> None:
           flush=True)
 
     results: dict = {"config": {**vars(args), "model_path": str(model), "out": str(args.out) if args.out else None}}
-    print("[1/3] bare vLLM OpenAI server ...", flush=True)
-    results["bare_vllm"] = bench_bare_vllm(model, args, msgs, work)
-    print("[2/3] lexforge: Ray Serve + vLLM ...", flush=True)
-    results["lexforge"] = bench_lexforge(model, args, msgs)
+    print(f"[1/2] bare vLLM server and lexforge (Ray Serve + vLLM), {args.rounds} interleaved rounds ...", flush=True)
+    results["bare_vllm"], results["lexforge"] = bench_servers(model, args, msgs, work)
     if not args.skip_transformers:
-        print("[3/3] transformers generate ...", flush=True)
+        print("[2/2] transformers generate ...", flush=True)
         results["transformers"] = bench_transformers(model, args, msgs)
     lx, bare, hf = results["lexforge"], results["bare_vllm"], results.get("transformers")
     results["ratios"] = {
