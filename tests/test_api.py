@@ -300,8 +300,10 @@ def test_job_runs_to_success_with_events_checkpoints_and_results(client, base_mo
 
     rows = chat_rows(8)
     train = upload(client, jsonl(rows))
+    val = upload(client, jsonl([{"messages": [{"role": "user", "content": "Held-out: time limit for contract claims?"},
+                                              {"role": "assistant", "content": "Six years (s.5)."}]}]), "val.jsonl")
     job = client.fine_tuning.jobs.create(
-        model=base_model, training_file=train.id, suffix="Legal QA", seed=7,
+        model=base_model, training_file=train.id, validation_file=val.id, suffix="Legal QA", seed=7,
         hyperparameters={"n_epochs": 2, "learning_rate_multiplier": 0.5, "batch_size": 2, "lora_rank": 4},
         metadata={"team": "litigation"})
     assert job.object == "fine_tuning.job" and job.id.startswith("ftjob-")
@@ -325,6 +327,7 @@ def test_job_runs_to_success_with_events_checkpoints_and_results(client, base_mo
     assert spec["hyperparams"]["learning_rate"] == pytest.approx(HyperParams().learning_rate * 0.5)
     assert spec["hyperparams"]["per_device_batch_size"] == 2 and spec["hyperparams"]["seed"] == 7
     assert spec["lora"]["r"] == 4 and spec["data"]["train"].endswith(f"{train.id}.jsonl")
+    assert spec["data"]["validation"].endswith(f"{val.id}.jsonl") and done.validation_file == val.id
     assert (store / "runs" / job.id / "output" / "adapter_config.json").is_file()
     lineage = json.loads((store / "runs" / job.id / "output" / "lineage.json").read_text())
     assert done.trained_tokens == lineage["trained_tokens"] > 0

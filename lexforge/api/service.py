@@ -395,7 +395,10 @@ class FineTuningService:
         key = f"runs/{row['spec_name']}/output"
         local = getattr(self.store, "local_path", None)
         path = str(local(key)) if local else self.store.url(key)
-        base = resolve_base_model(row["model"], ())
+        try:
+            base = resolve_base_model(row["model"], ())
+        except ApiError:  # the base model was removed since the job ran: let the serving app decide
+            base = None
         try:
             self.serve.register_adapter(row["fine_tuned_model"], path, version=row["id"], base_model=base)
         except ServeRejected as e:
