@@ -69,10 +69,28 @@ def dashboard_url(spec: JobSpec | None = None) -> str:
     return load_config().ray_dashboard_url
 
 
+def _reachable(url: str, timeout: float = 15.0) -> bool:
+    """Any HTTP answer (even 401) means the server is there; refused/timeout means it is not."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{url}/api/version", timeout=timeout).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def job_client(spec: JobSpec | None = None, address: str | None = None):
     from ray.job_submission import JobSubmissionClient
 
     url = address or dashboard_url(spec)
+    if not _reachable(url):  # fail in seconds, not after the SDK's GCS timeouts
+        raise ConnectionError(
+            f"cannot reach the Ray jobs API at {url}. Start the embedded stack (`lexforge up`), or set "
+            "resources.ray_address to the cluster's dashboard URL (http://HEAD:8265) / $LEXFORGE_RAY_DASHBOARD_URL")
     try:
         return JobSubmissionClient(url)
     except Exception as e:  # ConnectionError, RuntimeError from the version check

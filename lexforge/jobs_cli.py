@@ -318,12 +318,28 @@ def jobs_cancel(
     cancel_run(run, ray_address, echo=console.print)
 
 
+def _friendly(fn):
+    """Unreachable Prefect/Ray -> one red line and exit 1 instead of a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except (ConnectionError, OSError) as e:
+            console.print(f"[red]{e}[/]")
+            console.print("is the stack up? `lexforge status` (or set PREFECT_API_URL / LEXFORGE_RAY_DASHBOARD_URL)")
+            raise typer.Exit(1)
+
+    return wrapper
+
+
 def register(app: typer.Typer) -> None:
-    app.command("deploy-flows")(deploy_flows)
+    app.command("deploy-flows")(_friendly(deploy_flows))
     app.command("worker")(start_worker)
     jobs_app = typer.Typer(help="On-call: training runs on Ray (list, resume, cancel).", no_args_is_help=True)
-    jobs_app.command("list")(jobs_list)
-    jobs_app.command("resume")(jobs_resume)
-    jobs_app.command("cancel")(jobs_cancel)
+    jobs_app.command("list")(_friendly(jobs_list))
+    jobs_app.command("resume")(_friendly(jobs_resume))
+    jobs_app.command("cancel")(_friendly(jobs_cancel))
     app.add_typer(jobs_app, name="jobs")
 
