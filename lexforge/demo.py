@@ -56,10 +56,19 @@ def _run(cmd: list[str], env: dict[str, str], title: str) -> str:
                             text=True, bufsize=1)
     lines: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line)
-        console.print(line.rstrip("\n"), markup=False, highlight=False)
-    if proc.wait() != 0:
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            console.print(line.rstrip("\n"), markup=False, highlight=False)
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: never leave a flow run behind that keeps submitting jobs
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    if proc.returncode != 0:
         raise RuntimeError(f"demo step '{title}' failed (exit {proc.returncode}); see the output above")
     return "".join(lines)
 
@@ -85,6 +94,9 @@ def run_demo(spec_path: Path, overrides: list[str], serve_port: int, question: s
     from lexforge.config import load_spec
     from lexforge.models import bootstrap_smollm2
 
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup in _run on `kill`
     spec = load_spec(spec_path, overrides)
     console.rule("[bold]1/5 embedded stack: Prefect, MLflow, Ray head")
     cfg = stack.up(echo=console.print)

@@ -61,7 +61,6 @@ def bootstrap_smollm2(dest: Path | None = None, force: bool = False, dtype: str 
     )
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = model.to(getattr(torch, dtype))
-    model.config.torch_dtype = dtype
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "lexforge_model.json").write_text(
