@@ -415,10 +415,14 @@ def test_killed_training_is_resumed_by_the_automation(orchestrated):
                   "the resume flow run to finish", 2)
     assert final.state.is_completed(), (final.state.message, orchestrated["worker_log"].read_text()[-5000:])
 
+    # the killed job, then the resume flow's attempt(s): on this shared machine Ray's OOM killer may take one,
+    # and the train task's retry resumes again from the checkpoint; the last attempt succeeds
     history = jobs.jobs_for_run(client, spec.name)
-    assert [str(j.status) for j in history] == ["FAILED", "SUCCEEDED"]
-    assert history[1].metadata["flow_run_id"] == str(resumed.id)
-    result = jobs.parse_result(client.get_job_logs(history[1].submission_id))
+    statuses = [str(j.status) for j in history]
+    assert statuses[0] == "FAILED" and statuses[-1] == "SUCCEEDED" and set(statuses[1:-1]) <= {"FAILED"}, statuses
+    assert history[0].submission_id == job.submission_id
+    assert {j.metadata["flow_run_id"] for j in history[1:]} == {str(resumed.id)}
+    result = jobs.parse_result(client.get_job_logs(history[-1].submission_id))
     assert result["status"] == "completed" and result["steps"] == total
     assert result["resumed_from_step"] is not None and result["resumed_from_step"] >= committed_at_kill
     assert jobs.read_progress(spec)["step"] == total
@@ -431,7 +435,7 @@ def test_killed_training_is_resumed_by_the_automation(orchestrated):
     # on-call view and idempotent commands
     rows = {r["run"]: r for r in run_summaries()}
     assert rows["flows-e2e"]["job_status"] == "SUCCEEDED" and rows["flows-e2e"]["flow_state"] == "COMPLETED"
-    assert rows["flows-e2e"]["jobs"] == 2 and rows["flows-e2e"]["progress"].startswith(f"{total}/{total}")
+    assert rows["flows-e2e"]["jobs"] == len(history) and rows["flows-e2e"]["progress"].startswith(f"{total}/{total}")
     msgs: list[str] = []
     assert resume_run("flows-e2e", echo=msgs.append)["action"] == "none"
     assert "already completed" in msgs[-1]
