@@ -401,27 +401,29 @@ def test_killed_training_is_resumed_by_the_automation(orchestrated):
         os.kill(pid, 9)
     _wait(lambda: str(client.get_job_status(job.submission_id)) == "FAILED", 120, "the killed job to be FAILED")
     assert committed_at_kill < total
-    _wait(lambda: _read_flow_run(retrain_run.id).state.is_final() and _read_flow_run(retrain_run.id), 300,
-          "the retrain flow run to fail")
-    assert _read_flow_run(retrain_run.id).state.type.value in ("FAILED", "CRASHED")
+    # the flow run that owned the killed job (the retrain run, or a resume run if Ray's OOM killer on this shared
+    # machine already failed an earlier attempt) fails; the automation starts `resume` for it
+    owner = job.metadata["flow_run_id"]
+    _wait(lambda: _read_flow_run(owner).state.is_final(), 300, "the flow run of the killed job to end")
+    assert _read_flow_run(owner).state.type.value in ("FAILED", "CRASHED")
 
-    # the automation starts `resume` for the failed run; it finishes the training and the rest of the pipeline
-    def resume_run_of_retrain():
-        runs = [r for r in _flow_runs("resume") if (r.parameters or {}).get("failed_flow_run_id") == str(retrain_run.id)]
+    def resume_of(fr_id: str):
+        runs = [r for r in _flow_runs("resume") if (r.parameters or {}).get("failed_flow_run_id") == fr_id]
         return runs[0] if runs else None
 
-    resumed = _wait(resume_run_of_retrain, 180, "the automation to start the resume flow")
+    resumed = _wait(lambda: resume_of(owner), 180, "the automation to start the resume flow")
     final = _wait(lambda: (lambda r: r if r.state.is_final() else None)(_read_flow_run(resumed.id)), 1500,
                   "the resume flow run to finish", 2)
+    if not final.state.is_completed():  # OOM-killed again: the automation resumes the resume (retry budget 3)
+        resumed = _wait(lambda: resume_of(str(final.id)), 180, "the automation to resume the resume")
+        final = _wait(lambda: (lambda r: r if r.state.is_final() else None)(_read_flow_run(resumed.id)), 1500,
+                      "the second resume flow run to finish", 2)
     assert final.state.is_completed(), (final.state.message, orchestrated["worker_log"].read_text()[-5000:])
 
-    # the killed job, then the resume flow's attempt(s): on this shared machine Ray's OOM killer may take one,
-    # and the train task's retry resumes again from the checkpoint; the last attempt succeeds
     history = jobs.jobs_for_run(client, spec.name)
-    statuses = [str(j.status) for j in history]
-    assert statuses[0] == "FAILED" and statuses[-1] == "SUCCEEDED" and set(statuses[1:-1]) <= {"FAILED"}, statuses
-    assert history[0].submission_id == job.submission_id
-    assert {j.metadata["flow_run_id"] for j in history[1:]} == {str(resumed.id)}
+    by_id = {j.submission_id: str(j.status) for j in history}
+    assert by_id[job.submission_id] == "FAILED" and str(history[-1].status) == "SUCCEEDED", by_id
+    assert history[-1].metadata["flow_run_id"] == str(resumed.id)
     result = jobs.parse_result(client.get_job_logs(history[-1].submission_id))
     assert result["status"] == "completed" and result["steps"] == total
     assert result["resumed_from_step"] is not None and result["resumed_from_step"] >= committed_at_kill
