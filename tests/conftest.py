@@ -96,6 +96,7 @@ def prefect_server(tmp_path_factory):
         "PREFECT_HOME": str(d),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{d / 'prefect.db'}",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",  # else the UI talks to the default port 4200
     }
     proc = spawn([bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], log, env=env)
     url = f"http://127.0.0.1:{port}/api"
@@ -109,23 +110,31 @@ def prefect_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory):
-    """A real Ray head (`ray start --head --block`) on free ports with the jobs API; yields (address, dashboard)."""
-    d = tmp_path_factory.mktemp("ray")
+def ray_head():
+    """A real Ray head (`ray start --head --block`) on free ports with the jobs API; yields (address, dashboard).
+
+    It gets its own short --temp-dir: Ray job supervisors resolve a driver's cluster from
+    ``<temp dir>/ray_current_cluster``, and in the shared default /tmp/ray that is whichever cluster started last,
+    so a job's driver could join another test's cluster."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="rayf", dir="/tmp"))
     gcs, dash, client, agent = free_port(), free_port(), free_port(), free_port()
     log = d / "ray.log"
     proc = spawn([
         bin_path("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
         "--dashboard-agent-listen-port", str(agent), "--include-dashboard", "true", "--disable-usage-stats",
-        "--num-cpus", "4",
+        "--num-cpus", "4", "--temp-dir", str(d / "t"),
     ], log, env={"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
     dashboard = f"http://127.0.0.1:{dash}"
     try:
-        wait_http(f"{dashboard}/api/version", timeout=120, proc=proc, log_path=log)
+        wait_http(f"{dashboard}/api/version", timeout=180, proc=proc, log_path=log)
         yield f"127.0.0.1:{gcs}", dashboard
     finally:
         stop_group(proc.pid)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ import yaml
 
 # The prefect_server fixture does not tell its UI where the API is (it defaults to port 4200); same-origin "/api"
 # lets the UI screenshot test render pages of the fixture's server.
-os.environ.setdefault("PREFECT_UI_API_URL", "/api")
 
 from lexforge import jobs
 from lexforge.config import load_spec
@@ -54,35 +53,6 @@ FAKE_TRAINER = textwrap.dedent('''
     print("LEXFORGE_RESULT " + json.dumps({"run_name": run, "steps": total, "final_loss": 1.0 / total,
                                            "resumed_from_step": start or None, "mlflow_run_id": None}), flush=True)
 ''')
-
-
-@pytest.fixture(scope="session")
-def ray_head():
-    """conftest's ray_head, with its own short --temp-dir. Ray job supervisors resolve the driver's RAY_ADDRESS
-    from ``<temp dir>/ray_current_cluster``; in the shared default /tmp/ray that is whichever test started a
-    cluster last, so a training job's driver could join another test's cluster."""
-    import shutil
-    import tempfile
-
-    from lexforge.procs import bin_path, spawn, stop_group, wait_http
-    from lexforge.testing import free_port
-
-    d = Path(tempfile.mkdtemp(prefix="rayf", dir="/tmp"))
-    gcs, dash, client, agent = free_port(), free_port(), free_port(), free_port()
-    log = d / "ray.log"
-    proc = spawn([
-        bin_path("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
-        "--dashboard-agent-listen-port", str(agent), "--include-dashboard", "true", "--disable-usage-stats",
-        "--num-cpus", "4", "--temp-dir", str(d / "t"),
-    ], log, env={"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
-    dashboard = f"http://127.0.0.1:{dash}"
-    try:
-        wait_http(f"{dashboard}/api/version", timeout=180, proc=proc, log_path=log)
-        yield f"127.0.0.1:{gcs}", dashboard
-    finally:
-        stop_group(proc.pid)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _wait(pred, timeout: float, what: str, poll: float = 0.5):
