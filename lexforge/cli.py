@@ -35,7 +35,7 @@ _PLUGINS = [
     "lexforge.serve.cli",
     "lexforge.plan.cli",
     "lexforge.api.cli",
-    "lexforge.jobs_cli",
+    "flows.cli",  # Prefect-side commands (deploy-flows, worker, jobs) live with the flows
     "lexforge.demo",
 ]
 

@@ -295,7 +295,7 @@ def _read_flow_run(fr_id):
 @pytest.fixture(scope="module")
 def orchestrated(prefect_server, ray_head, mlflow_server, tiny_model_dir, lexforge_home, tmp_path_factory):
     """Deployments applied from deployments/prefect.yaml to a fresh process pool, and a worker polling it."""
-    from lexforge.jobs_cli import apply_deployments
+    from flows.cli import apply_deployments
     from lexforge.procs import bin_path, spawn, stop_group
 
     _, dashboard = ray_head
@@ -340,7 +340,7 @@ def test_deployments_schedule_and_automation_applied(orchestrated):
     action = autos[0].actions[0]
     assert action.type == "run-deployment" and action.deployment_id == resume_dep.id
     # applying again is idempotent (no second automation, same deployment ids)
-    from lexforge.jobs_cli import apply_deployments
+    from flows.cli import apply_deployments
 
     again = apply_deployments(pool=orchestrated["pool"], spec=str(orchestrated["spec_path"]), echo=lambda *a: None)
     assert again == orchestrated["deployments"]
@@ -351,7 +351,7 @@ def test_deployments_schedule_and_automation_applied(orchestrated):
 def test_killed_training_is_resumed_by_the_automation(orchestrated):
     from prefect.deployments import run_deployment
 
-    from lexforge.jobs_cli import cancel_run, resume_run, run_summaries
+    from flows.cli import cancel_run, resume_run, run_summaries
 
     spec = load_spec(orchestrated["spec_path"])
     total = spec.hyperparams.max_steps
