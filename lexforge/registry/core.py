@@ -194,7 +194,8 @@ def register_model(spec, train_result, eval_report, *, set_challenger: bool = Tr
             if v is not None:
                 c.log_metric(run_id, k, float(v))
         tags.update(_suite_tags(eval_report))
-        source = RunsArtifactRepository.get_underlying_uri(f"runs:/{run_id}/model")
+        # resolve against this client's server, never a tracking URI cached globally by an earlier caller
+        source = RunsArtifactRepository.get_underlying_uri(f"runs:/{run_id}/model", tracking_uri=c.tracking_uri)
         mv = c.create_model_version(name, source, run_id=run_id, tags=tags,
                                     description=f"{spec.name} ({spec.method}/{spec.stage}) spec {tags['spec_hash']}")
         c.set_terminated(run_id, "FINISHED")
