@@ -18,6 +18,7 @@ from lexforge.config import lexforge_home
 from lexforge.procs import bin_path, http_ok, pid_alive, spawn, stop_group, wait_http
 
 SERVICES = ("prefect", "mlflow", "ray")
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 HOST = "127.0.0.1"
 
 
@@ -158,7 +159,9 @@ def _command(cfg: StackConfig, svc: str) -> tuple[list[str], dict[str, str]]:
             "--backend-store-uri", f"sqlite:///{mhome / 'mlflow.db'}",
             "--artifacts-destination", artifacts, "--serve-artifacts", "--workers", "1",
         ]
-        return cmd, {}
+        # lexforge uses no MLflow server-side jobs; without this flag every server forks ~7 huey consumers
+        # (~1.5 GB) that compete with training for memory on small machines.
+        return cmd, MLFLOW_SERVER_ENV
     if svc == "ray":
         cmd = [
             bin_path("ray"), "start", "--head", "--block", "--node-ip-address", HOST,

@@ -24,6 +24,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 from lexforge.procs import bin_path, spawn, stop_group, wait_http  # noqa: E402
+from lexforge.stack import MLFLOW_SERVER_ENV  # noqa: E402
 from lexforge.testing import build_tiny_llama, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +76,7 @@ def mlflow_server(tmp_path_factory):
         bin_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
         "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}", "--artifacts-destination", str(d / "artifacts"),
         "--serve-artifacts", "--workers", "1",
-    ], log)
+    ], log, env=MLFLOW_SERVER_ENV)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/health", timeout=120, proc=proc, log_path=log)

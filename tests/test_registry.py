@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from lexforge.stack import MLFLOW_SERVER_ENV
+
 from lexforge.config import PromotionSpec, spec_from_dict
 from lexforge.evaluate import EvalReport
 from lexforge.procs import bin_path, spawn, stop_group, wait_http
@@ -229,7 +231,7 @@ def test_registry_with_s3_artifacts(moto_s3, tmp_path, tiny_model_dir, adapters,
     proc = spawn([bin_path("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                   "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                   "--artifacts-destination", "s3://mlflow-art/lexforge", "--serve-artifacts", "--workers", "1"],
-                 log, env={"MLFLOW_S3_ENDPOINT_URL": moto_s3})
+                 log, env={"MLFLOW_S3_ENDPOINT_URL": moto_s3, **MLFLOW_SERVER_ENV})
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", timeout=120, proc=proc, log_path=log)
