@@ -119,3 +119,12 @@ def kill_pid_tree(pid: int, timeout: float = 10.0) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+STACK_PORT_VARS = ("LEXFORGE_PREFECT_PORT", "LEXFORGE_MLFLOW_PORT", "LEXFORGE_RAY_PORT", "LEXFORGE_RAY_DASHBOARD_PORT",
+                   "LEXFORGE_RAY_CLIENT_PORT", "LEXFORGE_RAY_AGENT_PORT")
+
+
+def isolated_stack_env(home: Path) -> dict[str, str]:
+    """Env vars for an embedded stack of its own: a private LEXFORGE_HOME and free ports for every service."""
+    return {"LEXFORGE_HOME": str(home), **{var: str(free_port()) for var in STACK_PORT_VARS}}

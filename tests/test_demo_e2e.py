@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lexforge.testing import free_port
+from lexforge.testing import free_port, isolated_stack_env
 
 pytestmark = pytest.mark.slow
 
@@ -17,16 +17,7 @@ pytestmark = pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     home = tmp_path / "home"
     env = dict(os.environ)
-    env.update({
-        "LEXFORGE_HOME": str(home),
-        "LEXFORGE_PREFECT_PORT": str(free_port()),
-        "LEXFORGE_MLFLOW_PORT": str(free_port()),
-        "LEXFORGE_RAY_PORT": str(free_port()),
-        "LEXFORGE_RAY_DASHBOARD_PORT": str(free_port()),
-        "LEXFORGE_RAY_CLIENT_PORT": str(free_port()),
-        "LEXFORGE_RAY_AGENT_PORT": str(free_port()),
-        "HF_HUB_OFFLINE": "1",
-    })
+    env.update({**isolated_stack_env(home), "HF_HUB_OFFLINE": "1"})
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
     env.pop("RAY_ADDRESS", None)

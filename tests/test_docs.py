@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lexforge.testing import free_port
+from lexforge.testing import free_port, isolated_stack_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -68,13 +68,7 @@ def docs_env(tmp_path):
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "LEXFORGE_HOME": str(home),
-        "LEXFORGE_PREFECT_PORT": str(free_port()),
-        "LEXFORGE_MLFLOW_PORT": str(free_port()),
-        "LEXFORGE_RAY_PORT": str(free_port()),
-        "LEXFORGE_RAY_DASHBOARD_PORT": str(free_port()),
-        "LEXFORGE_RAY_CLIENT_PORT": str(free_port()),
-        "LEXFORGE_RAY_AGENT_PORT": str(free_port()),
+        **isolated_stack_env(home),
         "COLUMNS": "200",
         "NO_COLOR": "1",
         "TERM": "dumb",

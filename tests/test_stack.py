@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lexforge.procs import http_ok
-from lexforge.testing import free_port
+from lexforge.testing import free_port, isolated_stack_env
 
 pytestmark = pytest.mark.slow
 
@@ -21,15 +21,7 @@ def _cli(*args, env):
 @pytest.fixture()
 def stack_env(tmp_path):
     env = dict(os.environ)
-    env.update({
-        "LEXFORGE_HOME": str(tmp_path / "home"),
-        "LEXFORGE_PREFECT_PORT": str(free_port()),
-        "LEXFORGE_MLFLOW_PORT": str(free_port()),
-        "LEXFORGE_RAY_PORT": str(free_port()),
-        "LEXFORGE_RAY_DASHBOARD_PORT": str(free_port()),
-        "LEXFORGE_RAY_CLIENT_PORT": str(free_port()),
-        "LEXFORGE_RAY_AGENT_PORT": str(free_port()),
-    })
+    env.update(isolated_stack_env(tmp_path / "home"))
     yield env
     _cli("down", env=env)
 
