@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from lexforge.procs import http_ok
-from lexforge.testing import free_port, isolated_stack_env
+from lexforge.testing import isolated_stack_env
 
 pytestmark = pytest.mark.slow
 
