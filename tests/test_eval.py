@@ -236,7 +236,7 @@ def test_eval_cli_vllm_engine_with_lora(tmp_path):
                                 lora=True, steps=40)
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(
-        "name: vllmeval\ndata: {train: unused.jsonl}\n"
+        "name: vllmeval\ndata: {train: unused.jsonl}\nmodel: {dtype: float32}\n"
         f"storage: {{root: {tmp_path / 'store'}}}\nserve: {{max_model_len: 1024}}\n"
         f"eval:\n  max_new_tokens: 4\n  suites:\n    - {{name: yes_no, path: {YES_NO}}}\n")
     # one unbound OpenMP thread: on shared cores vLLM's default core binding spins against other processes
@@ -255,7 +255,7 @@ def test_eval_cli_vllm_engine_with_lora(tmp_path):
     # every held-out row was generated (greedy) and scored from what vLLM actually said
     assert all(isinstance(i["output"], str) for i in yn["items"]) and len(yn["items"]) == yn["n"]
     # NOTE: whether the LoRA's learned "Yes" shows through vLLM's CPU LoRA path is not asserted here; see
-    # docs/evaluation.md ("Known gaps").
+    # docs/evaluation.md ("Known gaps"). Checked: not a precision issue (fp32 on both engines gives the same gap).
     assert yn["score"] == pytest.approx(_sk_balanced_accuracy([i["answer"] for i in yn["items"]],
                                                               [i["prediction"] for i in yn["items"]]))
     assert (tmp_path / "store" / "runs" / "vllmeval" / "eval" / "vllm.json").is_file()

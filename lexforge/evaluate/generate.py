@@ -88,15 +88,16 @@ def _lora_rank(adapter: str) -> int:
 
 
 def generate_vllm(base_model: str, adapter: str | None, prompts: list[str], max_new_tokens: int, batch_size: int,
-                  max_model_len: int = 2048, progress: Progress | None = None) -> list[str]:
+                  max_model_len: int = 2048, progress: Progress | None = None, dtype: str = "auto") -> list[str]:
     # In-process engine core: no spawn of a child that re-imports __main__ (breaks under pytest/CLI), and
     # nothing left running after we return. A small KV cache on CPU unless the operator set one.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM, SamplingParams
 
+    # the same precision as the transformers engine (spec model.dtype), so both engines score the same model
     kwargs = dict(model=base_model, enforce_eager=True, seed=0, max_model_len=max_model_len,
-                  max_num_seqs=batch_size)
+                  max_num_seqs=batch_size, dtype=dtype)
     if adapter:
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(adapter))
     llm = LLM(**kwargs)
@@ -145,7 +146,8 @@ def generate(engine: str, base_model: str, adapter: str | None, prompts: list[st
     """engine: ``vllm`` (fail if it does not work), ``transformers``, or ``auto`` (vLLM, else transformers)."""
     if engine in ("vllm", "auto") and (engine == "vllm" or vllm_importable()):
         try:
-            texts = generate_vllm(base_model, adapter, prompts, max_new_tokens, batch_size, max_model_len, progress)
+            texts = generate_vllm(base_model, adapter, prompts, max_new_tokens, batch_size, max_model_len, progress,
+                                  dtype=dtype)
             return Generations(texts, "vllm")
         except Exception as e:
             if engine == "vllm":
