@@ -138,6 +138,17 @@ def ray_head():
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def ray_local(lexforge_home):
+    """An in-process local Ray cluster (``ray.init(address="local")``) for one test module, shut down after it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def python_exe() -> str:
     return sys.executable

@@ -19,16 +19,6 @@ SAMPLES = Path(__file__).resolve().parents[1] / "lexforge" / "samples" / "data"
 DATA = {"sft": "legal_qa.jsonl", "dpo": "legal_pref.jsonl", "grpo": "legal_grpo.jsonl"}
 
 
-@pytest.fixture(scope="module")
-def ray_local(lexforge_home):
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def make_spec(name, tiny, store, *, strategy="ddp", method="lora", stage="sft", steps=6, every=2, **hp):
     hyper = {"max_steps": steps, "per_device_batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 5e-3,
              "lr_scheduler": "cosine", "warmup_ratio": 0.2, "grpo_max_completion_len": 6, "grpo_num_generations": 2,

@@ -17,16 +17,6 @@ import yaml
 from tests.test_train import assert_same_trajectory, make_spec, run_with_drill, straight_run
 
 
-@pytest.fixture(scope="module")
-def ray_local(lexforge_home):
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def _train_workers():
     import psutil
 
