@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -91,3 +92,79 @@ def resolve_model_path(name_or_path: str) -> str:
             f"run `lexforge models bootstrap` or point model.base at an HF model directory"
         )
     return name_or_path
+
+
+class AdapterMismatch(ValueError):
+    """A PEFT adapter whose tensors do not fit the base model it is applied to."""
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a .safetensors header (reads only the header, not the weights)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n <= 0 or n > 100_000_000:
+            raise AdapterMismatch(f"{path}: not a safetensors file (header length {n})")
+        header = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def model_weight_shapes(model_dir: Path) -> dict[str, list[int]] | None:
+    """Shapes of every weight in a local safetensors model directory; None when there is nothing to read."""
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors")) if model_dir.is_dir() else []
+    if not files:
+        return None
+    shapes: dict[str, list[int]] = {}
+    for f in files:
+        shapes.update(safetensors_shapes(f))
+    return shapes
+
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)"
+                       r"(?:\.[^.]+)?(?:\.weight)?$")
+
+
+def check_adapter_fits_base(adapter_dir: str | Path, base_dir: str | Path) -> None:
+    """Fail fast when a LoRA adapter was trained on a different base model than ``base_dir``.
+
+    Compares every LoRA tensor's outer dimensions with the base weight it adapts (safetensors headers only).
+    Engines differ in what they do with a mismatched adapter (vLLM may apply nothing and say nothing), so
+    eval and serve check here first. Silently passes when either side is not local safetensors.
+    """
+    adapter_dir, base_dir = Path(adapter_dir), Path(base_dir)
+    weights = adapter_dir / "adapter_model.safetensors"
+    base = model_weight_shapes(base_dir)
+    if not weights.is_file() or base is None:
+        return
+    declared = ""
+    try:
+        declared = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    except (OSError, json.JSONDecodeError):
+        pass
+    hint = (f" (adapter_config.json says it was trained on {declared})" if declared else "") + \
+        "; evaluate or serve it on the base model it was fine-tuned from"
+    unmatched: list[str] = []
+    for key, shape in safetensors_shapes(weights).items():
+        m = _LORA_KEY.match(key)
+        if not m:
+            continue
+        module, kind = m["module"], m["kind"]
+        target = base.get(module + ".weight")
+        if target is None:  # checkpoints that drop the leading "model." or add one
+            cands = [k for k in base if k.endswith("." + module + ".weight") or module.endswith("." + k[:-7])]
+            target = base[cands[0]] if len(cands) == 1 else None
+        if target is None:
+            unmatched.append(module)
+            continue
+        if len(target) != 2 or len(shape) != 2:
+            continue
+        out_f, in_f = target
+        if kind == "lora_A" and shape[1] != in_f or kind == "lora_B" and shape[0] != out_f:
+            raise AdapterMismatch(f"adapter {adapter_dir}: {key} has shape {shape} but {base_dir}'s {module} is "
+                                  f"{out_f}x{in_f}{hint}")
+        if kind == "lora_embedding_A" and shape[1] != out_f or kind == "lora_embedding_B" and shape[0] != in_f:
+            raise AdapterMismatch(f"adapter {adapter_dir}: {key} has shape {shape} but {base_dir}'s {module} is "
+                                  f"{out_f}x{in_f}{hint}")
+    if unmatched:
+        raise AdapterMismatch(f"adapter {adapter_dir} adapts modules that {base_dir} does not have "
+                              f"({', '.join(sorted(set(unmatched))[:4])}){hint}")

@@ -247,7 +247,7 @@ def test_legal_chat_applies_the_default_system_prompt(server, serve_model):
 # ---- admin: adapters and hot champion switch under load -----------------------------------------------------
 
 
-def test_register_adapter_by_name(server, client):
+def test_register_adapter_by_name(server, client, tmp_path):
     r = admin(server, "/admin/adapters", {"name": "a3", "path": str(server["adapters"]["a3"]), "version": "a3-v1"})
     assert r.status_code == 200, r.text
     assert "a3" in {m.id for m in client.models.list().data}
@@ -256,6 +256,13 @@ def test_register_adapter_by_name(server, client):
     r = admin(server, "/admin/adapters", {"name": "bad", "path": str(server["base"])})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_adapter"
     assert "adapter_config.json" in r.json()["error"]["message"]
+    # an adapter fine-tuned from another base: vLLM would apply nothing and say nothing, the server refuses it
+    other = build_tiny_llama(tmp_path / "other-base", hidden_size=96, num_heads=2, num_kv_heads=1)
+    foreign = make_adapter(other, tmp_path / "foreign", 7)
+    r = admin(server, "/admin/adapters", {"name": "foreign", "path": str(foreign)})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_adapter"
+    assert "has shape" in r.json()["error"]["message"] and "fine-tuned from" in r.json()["error"]["message"]
+    assert "foreign" not in {m.id for m in client.models.list().data}
     r = admin(server, "/admin/adapters", {"name": "legal-champion", "path": str(server["adapters"]["a3"])})
     assert r.status_code == 409
 

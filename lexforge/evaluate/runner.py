@@ -64,7 +64,7 @@ def run_eval(spec, base_model: str, adapter: str | None = None, label: str = "ca
              cost_per_hour: float | None = None, gpu: str | None = None, save: bool = True,
              progress: Callable[[int, int], None] | None = None) -> EvalReport:
     """Evaluate ``base_model`` (+ optional PEFT ``adapter``) on ``spec.eval.suites`` (test rows only)."""
-    from lexforge.models import resolve_model_path
+    from lexforge.models import AdapterMismatch, check_adapter_fits_base, resolve_model_path
 
     if not _LABEL.match(label):
         raise EvalError(f"label {label!r}: use letters, digits, '.', '_' or '-' (it becomes a file name)")
@@ -74,6 +74,11 @@ def run_eval(spec, base_model: str, adapter: str | None = None, label: str = "ca
     if adapter and not (Path(adapter) / "adapter_config.json").is_file():
         raise EvalError(f"adapter {adapter}: no adapter_config.json (expected a PEFT adapter directory)")
     base_path = resolve_model_path(base_model)
+    if adapter:
+        try:
+            check_adapter_fits_base(adapter, base_path)
+        except AdapterMismatch as e:
+            raise EvalError(str(e)) from None
     tasks = [(s, load_task(s.path, s.name)) for s in ev.suites]
 
     prompts: list[str] = []

@@ -110,8 +110,9 @@ def make_champion_source(cfg: ChampionSourceConfig) -> ChampionSource:
     return FixedChampion(None, version="base")
 
 
-def check_adapter_dir(path: str, max_lora_rank: int) -> dict:
-    """Validate a PEFT LoRA dir; returns its adapter_config. Raises AdapterError naming what is wrong."""
+def check_adapter_dir(path: str, max_lora_rank: int, base_model: str | None = None) -> dict:
+    """Validate a PEFT LoRA dir (and, given ``base_model``, that its tensors fit that base); returns its
+    adapter_config. Raises AdapterError naming what is wrong."""
     p = Path(path)
     cfg_file = p / "adapter_config.json"
     if not p.is_dir():
@@ -131,6 +132,13 @@ def check_adapter_dir(path: str, max_lora_rank: int) -> dict:
                            f"raise serve.max_lora_rank")
     if not any(p.glob("adapter_model.*")):
         raise AdapterError(f"{p}: no adapter_model.safetensors / .bin weights")
+    if base_model:
+        from lexforge.models import AdapterMismatch, check_adapter_fits_base
+
+        try:
+            check_adapter_fits_base(p, base_model)
+        except AdapterMismatch as e:
+            raise AdapterError(str(e)) from None
     return cfg
 
 

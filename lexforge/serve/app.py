@@ -203,7 +203,7 @@ class LexforgeServer:
             self.replica_id = uuid.uuid4().hex[:8]
         self.engine = Engine(self.s)
         for name, path in self.s.adapters.items():
-            check_adapter_dir(path, self.s.max_lora_rank)
+            check_adapter_dir(path, self.s.max_lora_rank, self.s.base_model)
             ref = self.table.build(name, path, version=name)
             await self.engine.load_adapter(ref)
             self.table.put(ref)
@@ -501,7 +501,7 @@ class LexforgeServer:
                            "invalid_request_error", None, "base_model_mismatch")
         if champ.adapter_path:
             try:
-                check_adapter_dir(champ.adapter_path, self.s.max_lora_rank)
+                check_adapter_dir(champ.adapter_path, self.s.max_lora_rank, self.s.base_model)
             except AdapterError as e:
                 raise APIError(422, str(e), "invalid_request_error", "adapter_path", "invalid_adapter")
         ref = self.table.build(self.s.served_name, champ.adapter_path, champ.version, source="champion")
@@ -558,7 +558,7 @@ class LexforgeServer:
                                f"use POST /admin/reload-champion to change the champion",
                                "invalid_request_error", "name", "reserved_name")
             try:
-                check_adapter_dir(reg.path, self.s.max_lora_rank)
+                check_adapter_dir(reg.path, self.s.max_lora_rank, self.s.base_model)
             except AdapterError as e:
                 raise APIError(422, str(e), "invalid_request_error", "path", "invalid_adapter")
             async with self._reload_lock:
