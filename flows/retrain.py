@@ -22,9 +22,12 @@ def run_pipeline(spec: JobSpec, train_retries: int = 2, deploy: bool = True) -> 
     trained = train.with_options(retries=train_retries)(spec, prepared.digests.get("sanitized"))
     base_model, adapter = trained_model(trained)
     report = evaluate(spec, base_model, adapter, label="candidate")
-    version = register(spec, trained, report)
-    decision = decide(spec, version.name, version.version)
-    promoted = promote(spec, version.name, version.version, decision)
+    version = register(spec, trained, report)  # the same weights again -> the version registered before
+    if "champion" in (version.aliases or []):  # a resubmitted run that already got past promotion
+        promoted = True
+    else:
+        decision = decide(spec, version.name, version.version)
+        promoted = promote(spec, version.name, version.version, decision)
     served = reload_champion(spec) if (promoted and deploy) else None
     return {
         "run": spec.name, "spec_hash": spec.spec_hash(), "steps": getattr(trained, "steps", None),

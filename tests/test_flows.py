@@ -254,6 +254,15 @@ def test_retrain_flow_in_process(tmp_path, ray_jobs_env, prefect_server, mlflow_
     assert {r["suite"] for r in table} >= {"statute_yes_no", "statute_explain", "[blended]"}
     assert "v1 is now **@champion**" in arts["promotion-decision-flows-inproc"].data
     assert "dropped" in arts["dataset-report-flows-inproc"].data.lower()
+    # resubmitting the same run is idempotent: training resumes from its final checkpoint, the same weights map
+    # to the version registered before (no duplicate), which is already champion, and deploy runs again
+    again = retrain(str(spec_path), ["hyperparams.learning_rate=0.004"], return_state=True)
+    assert again.is_completed(), again.message
+    out2 = again.result()
+    assert out2["version"] == "1" and out2["promoted"] is True and out2["steps"] == 6
+    from lexforge.registry.core import client
+
+    assert [v.version for v in client(mlflow_server).search_model_versions("name = 'lexforge-flows-inproc'")] == ["1"]
 
 
 # ---- deployments + worker + automation: a killed training run is resumed ------------------------------------------

@@ -26,6 +26,7 @@ from lexforge.registry import (
     register_model,
     resolve_servable,
     rollback,
+    weights_digest,
 )
 from lexforge.registry.core import aliases_of, client
 from lexforge.registry.policy import evaluate_policy
@@ -120,6 +121,11 @@ def test_register_gate_promote_resolve_rollback_audit(mlflow_server, tmp_path, t
 
     v1 = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("v1", 0.6, 0.5, 0.3))
     assert v1.version == "1" and v1.aliases == ["challenger"]
+    # registering the same weights again (a pipeline resumed after registration) returns the same version
+    again = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("v1", 0.6, 0.5, 0.3))
+    assert again.version == "1" and again.aliases == ["challenger"]
+    assert [v.version for v in client().search_model_versions(f"name = '{name}'")] == ["1"]
+    assert v1.tags["weights_digest"] == weights_digest(adapters[0]) and len(v1.tags["register_key"]) == 32
     assert v1.tags["base_model"] == str(tiny_model_dir) and v1.tags["spec_hash"] == spec.spec_hash()
     assert v1.tags["dataset_digest"] == "d" * 64 and v1.tags["is_adapter"] == "true"
     assert float(v1.tags["eval.blended"]) == pytest.approx(0.5 * 0.55 + 0.5 * 0.3)

@@ -20,10 +20,12 @@ from lexforge.registry.core import (
     register_model,
     resolve_servable,
     rollback,
+    weights_digest,
 )
 from lexforge.registry.policy import PromotionDecision, PromotionRefused, decide_promotion, decision_markdown
 
 __all__ = [
     "ModelVersionInfo", "RegistryError", "Servable", "PromotionDecision", "PromotionRefused", "register_model",
     "decide_promotion", "decision_markdown", "promote", "rollback", "resolve_servable", "list_versions", "audit_log",
+    "weights_digest",
 ]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import getpass
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
 HISTORY_TAG = "lexforge.champion_history"  # JSON list of versions that have been champion, oldest first
@@ -150,12 +154,44 @@ def _lineage_tags(spec, train_result) -> dict[str, str]:
 
 # ---- register -----------------------------------------------------------------------------------------------
 
+REGISTER_KEY_TAG = "register_key"
+
+
+def weights_digest(out_dir: Path) -> str:
+    """sha256 over every file of a trained output directory (relative path + bytes), in path order."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(out_dir).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(out_dir)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _register_key(tags: dict[str, str]) -> str:
+    """What makes two registrations the same model: the same weights, trained by the same spec on the same data."""
+    ident = {k: tags[k] for k in ("spec_hash", "dataset_digest", "weights_digest", "base_model")}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _find_registered(c, name: str, key: str) -> str | None:
+    try:
+        found = c.search_model_versions(f"name = '{name}' and tags.{REGISTER_KEY_TAG} = '{key}'")
+    except Exception:  # a store without tag filters: scan this model's versions
+        found = [v for v in c.search_model_versions(f"name = '{name}'") if (v.tags or {}).get(REGISTER_KEY_TAG) == key]
+    versions = sorted((int(v.version) for v in found), reverse=False)
+    return str(versions[0]) if versions else None
+
 
 def register_model(spec, train_result, eval_report, *, set_challenger: bool = True) -> ModelVersionInfo:
     """Log the trained output dir + eval report to an MLflow run and register it as a new model version.
 
     ``train_result`` is a :class:`lexforge.train.TrainResult` (or anything with ``output_dir``, ``is_adapter``,
     ``base_model``, ``mlflow_run_id``, ``lineage``). The new version gets alias ``challenger``.
+
+    Idempotent: registering the same trained weights again (same bytes, spec hash, dataset digest and base)
+    returns the version registered the first time, so a resumed or resubmitted pipeline that already got past
+    registration does not add a duplicate version.
     """
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
@@ -173,6 +209,16 @@ def register_model(spec, train_result, eval_report, *, set_challenger: bool = Tr
     exp = c.get_experiment_by_name(spec.tracking.experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(spec.tracking.experiment)
     tags = _lineage_tags(spec, train_result)
+    tags["weights_digest"] = weights_digest(out_dir)
+    tags[REGISTER_KEY_TAG] = _register_key(tags)
+    existing = _find_registered(c, name, tags[REGISTER_KEY_TAG])
+    if existing is not None:
+        aliases = set(c.get_model_version(name, existing).aliases or [])
+        log.info("registry: %s version %s already holds this training output (%s); not registering again",
+                 name, existing, tags["train.output_uri"] or tags["parent_run_id"])
+        if set_challenger and CHAMPION not in aliases and CHALLENGER not in aliases:
+            c.set_registered_model_alias(name, CHALLENGER, existing)
+        return get_version(c, name, existing)
     run_tags = {"lexforge.kind": "register", "lexforge.spec_hash": tags["spec_hash"]}
     if tags["parent_run_id"]:
         run_tags["lexforge.parent_run_id"] = tags["parent_run_id"]
