@@ -138,9 +138,23 @@ class EvalSuiteSpec(_Strict):
 
 
 class JudgeSpec(_Strict):
-    base_url: str = Field(..., description="OpenAI-compatible endpoint of the judge model.")
-    model: str
-    api_key_env: str = Field("LEXFORGE_JUDGE_API_KEY", description="Env var holding the judge's key (never logged).")
+    """``judge: {}`` grades with the platform's own served model; set base_url/model for another judge."""
+
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint of the judge model. Empty = the platform's own server: "
+        "$LEXFORGE_SERVE_URL, else http://127.0.0.1:$LEXFORGE_SERVE_PORT (8000), with /v1.")
+    model: str | None = Field(None, description="Judge model name. Empty = serve.served_name on the platform's "
+                                                "own server; required with base_url.")
+    api_key_env: str | None = Field(
+        None, description="Env var holding the judge's key (only its name is ever logged). Empty = "
+        "LEXFORGE_JUDGE_API_KEY, or LEXFORGE_SERVE_API_KEY for the platform's own server.")
+
+    @model_validator(mode="after")
+    def _model_with_url(self):
+        if self.base_url and not self.model:
+            raise ValueError("eval.judge.model is required when eval.judge.base_url is set (the judge's model name "
+                             "at that endpoint); leave both empty to judge with the platform's own served model")
+        return self
 
 
 class EvalSpec(_Strict):

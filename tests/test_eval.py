@@ -223,6 +223,32 @@ def test_judge_bad_key_is_a_clear_error_without_the_key(tmp_path, tiny_model_dir
     assert "wrong-key-456" not in str(e.value)
 
 
+def test_judge_defaults_to_the_platforms_own_served_model(tmp_path, tiny_model_dir, judge_server, monkeypatch):
+    url, key = judge_server  # stands in for `lexforge serve` here: an OpenAI-compatible server on loopback
+    monkeypatch.setenv("LEXFORGE_SERVE_URL", url[: -len("/v1")])
+    monkeypatch.setenv("LEXFORGE_SERVE_API_KEY", key)
+    monkeypatch.delenv("LEXFORGE_JUDGE_API_KEY", raising=False)
+    spec = _spec(tmp_path, [{"name": "explain", "path": EXPLAIN, "kind": "open"}], judge={}, max_new_tokens=2)
+    r = run_eval(spec, str(tiny_model_dir), label="ownjudge")
+    assert r.open_metric == "judge" and r.judge["source"] == "platform"
+    assert r.judge["base_url"] == url and r.judge["model"] == spec.serve.served_name
+    assert r.judge["api_key_env"] == "LEXFORGE_SERVE_API_KEY"
+    assert sum(v["verdict"]["score"] == 2 for v in r.suites["explain"]["items"]) >= r.suites["explain"]["n"] - 1
+    assert "the platform's own served model" in r.to_markdown()
+    # without the server's key: a clear error saying what to start / set, never the key itself
+    monkeypatch.setenv("LEXFORGE_SERVE_API_KEY", "wrong-key-789")
+    with pytest.raises(RuntimeError, match=r"lexforge serve.*LEXFORGE_SERVE_API_KEY") as e:
+        run_eval(spec, str(tiny_model_dir), label="ownjudge-badkey")
+    assert "wrong-key-789" not in str(e.value)
+
+
+def test_judge_endpoint_without_model_is_a_spec_error(tmp_path):
+    from lexforge.config import SpecError
+
+    with pytest.raises((SpecError, ValueError), match="eval.judge.model is required"):
+        _spec(tmp_path, [{"name": "explain", "path": EXPLAIN, "kind": "open"}], judge={"base_url": "http://x/v1"})
+
+
 # ---- vLLM engine (offline, CPU) through the CLI ---------------------------------------------------------------
 
 

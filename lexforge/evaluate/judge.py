@@ -65,21 +65,42 @@ def build_judge_prompt(question: str, reference: str, rubric: str, answer: str) 
                                  rubric=(rubric or DEFAULT_RUBRIC).strip(), answer=answer.strip(), lo=lo, hi=hi)
 
 
+@dataclass(frozen=True)
+class JudgeEndpoint:
+    base_url: str
+    model: str
+    api_key_env: str
+    source: str  # "configured" | "platform" (the platform's own served model)
+
+
+def resolve_judge(judge_spec, served_name: str) -> JudgeEndpoint:
+    """Where the judge lives: the configured endpoint, or by default the platform's own server (lexforge serve)."""
+    if judge_spec.base_url:
+        return JudgeEndpoint(judge_spec.base_url, judge_spec.model,
+                             judge_spec.api_key_env or "LEXFORGE_JUDGE_API_KEY", "configured")
+    url = os.environ.get("LEXFORGE_SERVE_URL") or f"http://127.0.0.1:{os.environ.get('LEXFORGE_SERVE_PORT', '8000')}"
+    url = url.rstrip("/")
+    return JudgeEndpoint(url if url.endswith("/v1") else url + "/v1", judge_spec.model or served_name,
+                         judge_spec.api_key_env or "LEXFORGE_SERVE_API_KEY", "platform")
+
+
 class Judge:
     """Calls the judge model; deterministic settings (temperature 0)."""
 
-    def __init__(self, judge_spec, max_tokens: int = 256, concurrency: int = 4, timeout: float = 120.0):
+    def __init__(self, judge_spec, served_name: str = "legal-champion", max_tokens: int = 256, concurrency: int = 4,
+                 timeout: float = 120.0):
         from openai import OpenAI
 
-        self.spec = judge_spec
-        key = os.environ.get(judge_spec.api_key_env) or "EMPTY"  # local servers accept any key
-        self.client = OpenAI(base_url=judge_spec.base_url, api_key=key, timeout=timeout, max_retries=2)
+        self.spec = resolve_judge(judge_spec, served_name)
+        key = os.environ.get(self.spec.api_key_env) or "EMPTY"  # local servers accept any key
+        self.client = OpenAI(base_url=self.spec.base_url, api_key=key, timeout=timeout, max_retries=2)
         self.max_tokens = max_tokens
         self.concurrency = concurrency
 
     def describe(self) -> dict:
         """What the report stores about the judge: never the key, only the env var's name."""
         return {"base_url": self.spec.base_url, "model": self.spec.model, "api_key_env": self.spec.api_key_env,
+                "source": self.spec.source,
                 "system_prompt": JUDGE_SYSTEM, "prompt_template": JUDGE_TEMPLATE, "temperature": 0.0,
                 "max_tokens": self.max_tokens}
 
@@ -97,8 +118,10 @@ class Judge:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 raws = list(pool.map(self._one, prompts))
         except Exception as e:  # connection / auth / model errors: say which endpoint, never the key
+            hint = ("; start it with `lexforge serve` (or set eval.judge.base_url/model to another judge) and put "
+                    "its key in $" + self.spec.api_key_env) if self.spec.source == "platform" else ""
             raise RuntimeError(f"judge {self.spec.model!r} at {self.spec.base_url} failed: "
-                               f"{type(e).__name__}: {e}") from None
+                               f"{type(e).__name__}: {e}{hint}") from None
         out = []
         for item, raw in zip(items, raws):
             lo, hi = rubric_scale(item.get("rubric", ""))

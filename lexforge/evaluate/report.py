@@ -90,7 +90,8 @@ def leaderboard_markdown(reports: list[EvalReport], details: bool = False) -> st
                 lines.append(f"| {name} | {s['kind']} | {s['metric']} | {_fmt(s.get('score'))} | {s['n']} | "
                              f"{'; '.join(notes)} |")
             if r.judge:
-                lines += ["", f"Judge: `{r.judge['model']}` at {r.judge['base_url']} (temperature 0)."]
+                own = " (the platform's own served model)" if r.judge.get("source") == "platform" else ""
+                lines += ["", f"Judge: `{r.judge['model']}` at {r.judge['base_url']}{own} (temperature 0)."]
             elif r.open_metric == "reference_overlap":
                 lines += ["", "Open suites scored by reference overlap (token F1 vs the reference answer): no judge "
                               "was configured; this is not a judge score."]

@@ -92,7 +92,7 @@ def run_eval(spec, base_model: str, adapter: str | None = None, label: str = "ca
                     batch_size=ev.batch_size, dtype=spec.model.dtype, max_model_len=spec.serve.max_model_len,
                     trust_remote_code=spec.model.trust_remote_code, progress=progress)
 
-    judge = Judge(ev.judge) if ev.judge else None
+    judge = Judge(ev.judge, served_name=spec.serve.served_name) if ev.judge else None
     suites: dict[str, dict] = {}
     for (s, t), (a, b) in zip(tasks, spans):
         outs, ps = gens.texts[a:b], prompts[a:b]
