@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT / "lexforge" / "samples" / "data" / "legal_qa.jsonl"
 
+from lexforge.testing import ray_train_worker_processes  # noqa: E402
+
 
 def make_spec(name, model, store, **over):
     from lexforge.config import spec_from_dict
@@ -114,19 +116,6 @@ def bench_stall(model, work: Path, steps: int) -> dict:
     return out
 
 
-def _workers():
-    import psutil
-
-    ps = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
-                ps.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return ps
-
-
 def _progress(store, name):
     try:
         return json.loads(store.get_bytes(f"runs/{name}/progress.json"))
@@ -150,7 +139,7 @@ def bench_recovery(model, work: Path, sig: int, every: int = 5, kill_after: int 
     wait_for_progress(store, name, kill_after, timeout=600)
     at_step = _progress(store, name)["step"]
     t_sig = time.time()
-    os.kill(_workers()[0].pid, sig)
+    os.kill(ray_train_worker_processes()[0].pid, sig)
     t.join()
     r = box["r"]
     out = {"signal_at_step": at_step}

@@ -128,3 +128,17 @@ STACK_PORT_VARS = ("LEXFORGE_PREFECT_PORT", "LEXFORGE_MLFLOW_PORT", "LEXFORGE_RA
 def isolated_stack_env(home: Path) -> dict[str, str]:
     """Env vars for an embedded stack of its own: a private LEXFORGE_HOME and free ports for every service."""
     return {"LEXFORGE_HOME": str(home), **{var: str(free_port()) for var in STACK_PORT_VARS}}
+
+
+def ray_train_worker_processes() -> list:
+    """This process's Ray Train worker processes (psutil), e.g. to SIGKILL one in a preemption drill."""
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out

@@ -14,21 +14,8 @@ import threading
 import pytest
 import yaml
 
+from lexforge.testing import ray_train_worker_processes
 from tests.test_train import assert_same_trajectory, make_spec, run_with_drill, straight_run
-
-
-def _train_workers():
-    import psutil
-
-    me = psutil.Process()
-    out = []
-    for p in me.children(recursive=True):
-        try:
-            if "RayTrainWorker" in " ".join(p.cmdline()):
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def _run_in_thread(spec):
@@ -57,7 +44,7 @@ def test_worker_sigterm_saves_at_next_step_boundary_then_resumes(tmp_path, tiny_
     spec = make_spec("sigterm-worker", tiny_model_dir, store, steps=400, every=1000)  # no periodic checkpoints
     t, box = _run_in_thread(spec)
     wait_for_progress(open_store(str(store)), spec.name, 2, timeout=300)
-    workers = _train_workers()
+    workers = ray_train_worker_processes()
     assert len(workers) == 2
     os.kill(workers[-1].pid, signal.SIGTERM)
     t.join(timeout=300)
@@ -87,7 +74,7 @@ def test_worker_sigkill_recovered_by_ray_failure_config(tmp_path, tmp_path_facto
     try:
         t, box = _run_in_thread(spec)
         wait_for_progress(open_store(str(store)), spec.name, 3, timeout=600)
-        os.kill(_train_workers()[0].pid, signal.SIGKILL)
+        os.kill(ray_train_worker_processes()[0].pid, signal.SIGKILL)
         t.join(timeout=400)
     finally:
         os.environ.pop("LEXFORGE_STEP_DELAY_S", None)

@@ -54,6 +54,17 @@ def _log_level(levelno: int) -> str:
     return "error" if levelno >= 40 else "warn" if levelno >= 30 else "info"
 
 
+
+def page_after(items: list[dict[str, Any]], after: str | None, limit: int, what: str) -> dict[str, Any]:
+    """An OpenAI-style list page: the ``limit`` items after the one whose id is ``after`` (unknown id -> 404)."""
+    start = 0
+    if after:
+        ids = [i["id"] for i in items]
+        if after not in ids:
+            raise not_found(what, after, "after")
+        start = ids.index(after) + 1
+    return {"object": "list", "data": items[start:start + limit], "has_more": start + limit < len(items)}
+
 class FineTuningService:
     def __init__(self, settings: ApiSettings):
         self.settings = settings
@@ -295,18 +306,11 @@ class FineTuningService:
         except OrchestratorError as e:
             log.warning("job %s: events not refreshed: %s", job_id, e)
         events = list(reversed(self.db.events(job_id)))  # newest first, as the OpenAI API lists them
-        start = 0
-        if after:
-            ids = [e["id"] for e in events]
-            if after not in ids:
-                raise not_found("event", after, "after")
-            start = ids.index(after) + 1
-        chunk = events[start:start + limit]
         data = [{
             "id": e["id"], "object": "fine_tuning.job.event", "created_at": int(e["created_at"]),
             "level": e["level"], "message": e["message"], "data": e["data"] or {}, "type": e["type"],
-        } for e in chunk]
-        return {"object": "list", "data": data, "has_more": start + limit < len(events)}
+        } for e in events]
+        return page_after(data, after, limit, "event")
 
     def list_checkpoints(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
         row = self.get_job_row(job_id)
@@ -327,13 +331,7 @@ class FineTuningService:
                 "step_number": step,
                 "metrics": {"step": float(step), "train_loss": loss, "valid_loss": metrics.get("valid_loss")},
             })
-        start = 0
-        if after:
-            ids = [c["id"] for c in items]
-            if after not in ids:
-                raise not_found("checkpoint", after, "after")
-            start = ids.index(after) + 1
-        return {"object": "list", "data": items[start:start + limit], "has_more": start + limit < len(items)}
+        return page_after(items, after, limit, "checkpoint")
 
     # ---- reconciliation with Prefect ------------------------------------------------------------------------
     def refresh_job(self, job_id: str) -> dict[str, Any]:

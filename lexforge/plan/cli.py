@@ -166,49 +166,52 @@ def compare_cmd(
 @plan_app.command("models")
 def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
     """List the model catalog (lexforge/plan/models.yaml + LEXFORGE_MODEL_CATALOG)."""
+    from lexforge.plan import model_catalog
+
+    def row(name, m):
+        kv = f"MLA {m.kv_lora_rank}+{m.qk_rope_head_dim}" if m.attention == "mla" else f"{m.num_kv_heads} x {m.head_dim}"
+        return (name, f"{m.total_params / 1e9:g}", f"{m.active_params / 1e9:g}", m.precision, str(m.num_layers),
+                m.attention + (f" ({m.kv_layers} KV layers)" if m.kv_layers != m.num_layers else ""), kv,
+                str(len(m.assumptions)))
+
+    _print_catalog(model_catalog, "lexforge plan: model catalog",
+                   ("model", "total B", "active B", "precision", "layers", "attention", "KV heads x dim", "assumptions"),
+                   row, as_json)
+
+
+def _print_catalog(load, title: str, columns, row, as_json: bool) -> None:
+    """Print a catalog (name -> entry with to_dict()) as JSON or as a table of row(name, entry)."""
     from rich.table import Table
 
-    from lexforge.plan import PlanError, model_catalog
+    from lexforge.plan import PlanError
 
     try:
-        cat = model_catalog()
+        cat = load()
     except PlanError as e:
         _fail(e)
     if as_json:
         print(json.dumps({k: v.to_dict() for k, v in cat.items()}, indent=2))
         return
-    t = Table(title="lexforge plan: model catalog")
-    for c in ("model", "total B", "active B", "precision", "layers", "attention", "KV heads x dim", "assumptions"):
+    t = Table(title=title)
+    for c in columns:
         t.add_column(c)
-    for name, m in cat.items():
-        kv = f"MLA {m.kv_lora_rank}+{m.qk_rope_head_dim}" if m.attention == "mla" else f"{m.num_kv_heads} x {m.head_dim}"
-        t.add_row(name, f"{m.total_params / 1e9:g}", f"{m.active_params / 1e9:g}", m.precision, str(m.num_layers),
-                  m.attention + (f" ({m.kv_layers} KV layers)" if m.kv_layers != m.num_layers else ""), kv,
-                  str(len(m.assumptions)))
+    for name, entry in cat.items():
+        t.add_row(*row(name, entry))
     out.print(t)
 
 
 @plan_app.command("gpus")
 def gpus_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> None:
     """List the GPU catalog with resolved prices (lexforge/plan/gpus.yaml, LEXFORGE_GPU_CATALOG, env prices)."""
-    from rich.table import Table
+    from lexforge.plan import gpu_catalog
 
-    from lexforge.plan import PlanError, gpu_catalog
+    def row(_, g):
+        return (g.name, f"{g.memory_gb:g}", f"{g.memory_bandwidth_gbs:g}", f"{g.bf16_tflops:g}", f"{g.fp8_tflops:g}",
+                f"{g.nvlink_gbs:g}", f"{g.infiniband_gbps:g}", f"{g.price_per_gpu_hour:.2f}", g.price_source)
 
-    try:
-        cat = gpu_catalog()
-    except PlanError as e:
-        _fail(e)
-    if as_json:
-        print(json.dumps({k: v.to_dict() for k, v in cat.items()}, indent=2))
-        return
-    t = Table(title="lexforge plan: GPU catalog")
-    for c in ("GPU", "memory GB", "HBM GB/s", "bf16 TFLOPS", "fp8 TFLOPS", "NVLink GB/s", "IB Gb/s", "$/GPU-h", "price from"):
-        t.add_column(c)
-    for g in cat.values():
-        t.add_row(g.name, f"{g.memory_gb:g}", f"{g.memory_bandwidth_gbs:g}", f"{g.bf16_tflops:g}", f"{g.fp8_tflops:g}",
-                  f"{g.nvlink_gbs:g}", f"{g.infiniband_gbps:g}", f"{g.price_per_gpu_hour:.2f}", g.price_source)
-    out.print(t)
+    _print_catalog(gpu_catalog, "lexforge plan: GPU catalog",
+                   ("GPU", "memory GB", "HBM GB/s", "bf16 TFLOPS", "fp8 TFLOPS", "NVLink GB/s", "IB Gb/s", "$/GPU-h",
+                    "price from"), row, as_json)
 
 
 def main() -> None:

@@ -96,15 +96,22 @@ def train_markdown(p) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _item_table(title: str, rows):
+    """A two-column item/value table; booleans as a green yes / red NO."""
+    from rich.table import Table
+
+    t = Table(title=title, show_header=False)
+    t.add_column("item", style="bold")
+    t.add_column("value")
+    for k, v in rows:
+        t.add_row(k, "[green]yes[/]" if v is True else "[red]NO[/]" if v is False else _fmt(v))
+    return t
+
+
 def print_serve(p, console) -> None:
     from rich.table import Table
 
-    t = Table(title=f"Serving plan: {p.model} on {p.gpu}", show_header=False)
-    t.add_column("item", style="bold")
-    t.add_column("value")
-    for k, v in serve_rows(p):
-        t.add_row(k, "[green]yes[/]" if v is True else "[red]NO[/]" if v is False else _fmt(v))
-    console.print(t)
+    console.print(_item_table(f"Serving plan: {p.model} on {p.gpu}", serve_rows(p)))
     c = Table(title="layouts considered")
     for col in ("TP", "PP", "GPUs", "memory/GPU GB", "fits"):
         c.add_column(col)
@@ -117,12 +124,7 @@ def print_serve(p, console) -> None:
 def print_train(p, console) -> None:
     from rich.table import Table
 
-    t = Table(title=f"Fine-tuning plan: {p.method} {p.model}", show_header=False)
-    t.add_column("item", style="bold")
-    t.add_column("value")
-    for k, v in train_rows(p):
-        t.add_row(k, "[green]yes[/]" if v is True else "[red]NO[/]" if v is False else _fmt(v))
-    console.print(t)
+    console.print(_item_table(f"Fine-tuning plan: {p.method} {p.model}", train_rows(p)))
     if p.memory_breakdown_gb:
         b = Table(title="memory per " + ("GPU" if p.device == "gpu" else "worker") + " (GB)")
         b.add_column("component")

@@ -369,32 +369,39 @@ class LexforgeServer:
 
     async def _chat_stream(self, rid: str, name: str, ref: AdapterRef, prompt_ids: list[int], params, n: int,
                            include_usage: bool):
-        created, start, first = _now(), time.perf_counter(), True
-        sent = [0] * n
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": name,
+        base = {"id": rid, "object": "chat.completion.chunk", "created": _now(), "model": name,
                 "system_fingerprint": f"lexforge-{ref.version}"}
         for i in range(n):
             yield _sse({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                              "finish_reason": None}]})
-        completion = 0
+        async for event in self._sse_events(rid, name, ref, prompt_ids, params, include_usage, base,
+                                            lambda o, delta: {"index": o.index,
+                                                              "delta": {"content": delta} if delta else {},
+                                                              "finish_reason": o.finish_reason}):
+            yield event
+
+    async def _sse_events(self, rid, name, ref, prompt_ids, params, include_usage: bool, base: dict, choice):
+        """The engine's incremental output as SSE chunks (``choice(o, delta)`` shapes one choice), then usage
+        and ``[DONE]``. Headers are already sent, so a failure is reported in-band, OpenAI style."""
+        start, first = time.perf_counter(), True
+        sent: dict[int, int] = {}
+        ntok: dict[int, int] = {}
         try:
-            ntok: dict[int, int] = {}
             async for out in self.engine.generate(prompt_ids, params, ref):
                 for o in out.outputs:
                     ntok[o.index] = len(o.token_ids)
-                    delta = o.text[sent[o.index]:]
+                    delta = o.text[sent.get(o.index, 0):]
                     if delta or o.finish_reason:
                         if first and delta:
                             self.metrics.ttft.labels(name).observe(time.perf_counter() - start)
                             first = False
                         sent[o.index] = len(o.text)
-                        yield _sse({**base, "choices": [{"index": o.index, "delta": {"content": delta} if delta else {},
-                                                         "finish_reason": o.finish_reason}]})
+                        yield _sse({**base, "choices": [choice(o, delta)]})
             completion = sum(ntok.values())
             self.metrics.count_tokens(name, ref.version, len(prompt_ids), completion)
             if include_usage:
                 yield _sse({**base, "choices": [], "usage": _usage(len(prompt_ids), completion)})
-        except Exception as e:  # headers are sent: report in-band, OpenAI style
+        except Exception as e:
             log.exception("stream %s failed", rid)
             yield _sse(APIError(500, f"generation failed: {type(e).__name__}: {e}", "server_error").body())
         yield "data: [DONE]\n\n"
@@ -437,25 +444,10 @@ class LexforgeServer:
 
     async def _completion_stream(self, rid, name, ref, prompt_ids, params, include_usage):
         base = {"id": rid, "object": "text_completion", "created": _now(), "model": name}
-        sent: dict[int, int] = {}
-        try:
-            ntok: dict[int, int] = {}
-            async for out in self.engine.generate(prompt_ids, params, ref):
-                for o in out.outputs:
-                    ntok[o.index] = len(o.token_ids)
-                    delta = o.text[sent.get(o.index, 0):]
-                    if delta or o.finish_reason:
-                        sent[o.index] = len(o.text)
-                        yield _sse({**base, "choices": [{"index": o.index, "text": delta, "logprobs": None,
-                                                         "finish_reason": o.finish_reason}]})
-            completion = sum(ntok.values())
-            self.metrics.count_tokens(name, ref.version, len(prompt_ids), completion)
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(len(prompt_ids), completion)})
-        except Exception as e:
-            log.exception("stream %s failed", rid)
-            yield _sse(APIError(500, f"generation failed: {type(e).__name__}: {e}", "server_error").body())
-        yield "data: [DONE]\n\n"
+        async for event in self._sse_events(rid, name, ref, prompt_ids, params, include_usage, base,
+                                            lambda o, delta: {"index": o.index, "text": delta, "logprobs": None,
+                                                              "finish_reason": o.finish_reason}):
+            yield event
 
     # ---- legal ------------------------------------------------------------------------------------------
     @api.post("/v1/legal/chat")
