@@ -152,6 +152,30 @@ def test_run_eval_transformers_adapter_closed_open_blend_cost(tmp_path, tiny_mod
     assert set(saved) >= {"label", "suites", "closed", "open", "blended", "judge", "open_metric"}
 
 
+def test_cli_compare_shows_models_side_by_side_with_cost(tmp_path, tiny_model_dir, yes_adapter):
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        f"name: cmp\ndata: {{train: unused.jsonl}}\nmodel: {{base: {tiny_model_dir}}}\n"
+        f"storage: {{root: {tmp_path / 'store'}}}\n"
+        f"eval:\n  engine: transformers\n  max_new_tokens: 4\n  suites:\n    - {{name: yes_no, path: {YES_NO}}}\n")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "lexforge.cli", "eval", str(spec_file), *args],
+                              capture_output=True, text=True, timeout=600)
+
+    missing = cli("--label", "tuned", "--compare", "nosuch")
+    assert missing.returncode == 2 and "--compare nosuch: no saved report runs/cmp/eval/nosuch.json" in missing.stderr
+    base = cli("--label", "base", "--cost-per-hour", "2.0")
+    assert base.returncode == 0, base.stderr[-2000:]
+    tuned = cli("--label", "tuned", "--adapter", str(yes_adapter), "--cost-per-hour", "4.0", "--compare", "base")
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    board = tuned.stdout[tuned.stdout.index("## Leaderboard"):]
+    rows = {line.split("|")[1].strip(): line for line in board.splitlines() if line.startswith("| base")
+            or line.startswith("| tuned")}
+    assert set(rows) == {"base", "tuned"} and "blended per $/hour" in board
+    assert "| 2.00 |" in rows["base"] and "| 4.00 |" in rows["tuned"]
+
+
 def test_cost_from_planner(tmp_path, tiny_model_dir):
     pytest.importorskip("lexforge.plan")
     spec = _spec(tmp_path, [{"name": "mcq", "path": MCQ}])

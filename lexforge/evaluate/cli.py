@@ -24,13 +24,16 @@ def register(app: typer.Typer) -> None:
         engine: Optional[str] = typer.Option(None, help="auto | vllm | transformers [spec eval.engine]"),
         override: list[str] = typer.Option([], "--set", "-s", help="dotted.key=value spec override (repeatable)"),
         as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON on stdout"),
+        compare: list[str] = typer.Option([], "--compare", "-c",
+                                          help="Label of an earlier report of this run to show side by side "
+                                               "(score, $/hour, score per $/hour); repeatable"),
     ) -> None:
         """Evaluate a model (+adapter) on the spec's held-out LegalBench-layout suites."""
         import os
 
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries only the report
         from lexforge.config import SpecError, load_spec
-        from lexforge.evaluate import EvalError, run_eval
+        from lexforge.evaluate import EvalError, leaderboard_markdown, load_report, run_eval
         from lexforge.evaluate.tasks import TaskError
 
         try:
@@ -38,6 +41,15 @@ def register(app: typer.Typer) -> None:
         except SpecError as e:
             console.print(f"[red]{e}[/]")
             raise typer.Exit(2)
+        others = []
+        for other in compare:  # before the (slow) eval: a typo fails fast
+            try:
+                others.append(load_report(spec, other))
+            except (FileNotFoundError, KeyError, OSError) as e:
+                console.print(f"[red]--compare {other}: no saved report runs/{spec.name}/eval/{other}.json "
+                              f"in {spec.storage.root or '$LEXFORGE_HOME/store'} ({type(e).__name__}); evaluate it "
+                              f"first with --label {other}[/]")
+                raise typer.Exit(2)
         from rich.progress import Progress
 
         try:
@@ -52,5 +64,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(report.to_dict(), indent=2))
         else:
+            if others:
+                print("## Leaderboard\n\n" + leaderboard_markdown([*others, report]) + "\n")
             print(report.to_markdown())
         console.print(report.summary_line())
