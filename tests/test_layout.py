@@ -36,3 +36,19 @@ def test_layout_exists():
         assert (ROOT / d).is_dir(), d
     for f in ("pyproject.toml", "lexforge/cli.py", "lexforge/config.py", "README.md", ".ci/run"):
         assert (ROOT / f).is_file(), f
+
+
+def test_make_targets_only_call_files_that_exist():
+    import re
+
+    make = (ROOT / "Makefile").read_text(encoding="utf-8")
+    paths = set(re.findall(r"\b((?:scripts|bench|infra/local)/[\w./-]+\.(?:sh|py))\b", make))
+    assert paths, "the Makefile calls no scripts? the scanner is broken"
+    missing = sorted(p for p in paths if not (ROOT / p).is_file())
+    assert not missing, f"Makefile calls files that do not exist: {missing}"
+
+
+def test_bench_script_runs_every_benchmark():
+    script = (ROOT / "scripts" / "bench.sh").read_text(encoding="utf-8")
+    for b in sorted((ROOT / "bench").glob("bench_*.py")):
+        assert f"bench/{b.name}" in script, f"make bench skips {b.name}"
