@@ -548,3 +548,59 @@ def test_fine_tuned_model_is_served_for_chat(serve_app, serve_base, base_model, 
         assert other.fine_tuned_model not in [m.id for m in client.models.list()]
     finally:
         server.stop()
+
+
+# ---- Prefect client: transient errors, idempotent create --------------------------------------------------
+
+
+def test_prefect_client_retries_transient_errors(monkeypatch):
+    """A busy Prefect server answers 503 (its database is locked under load): retried with backoff."""
+    import http.server
+    import threading
+
+    from lexforge.api import orchestrator
+    from lexforge.api.orchestrator import OrchestratorError, PrefectJobs
+    from lexforge.testing import free_port
+
+    monkeypatch.setattr(orchestrator.time, "sleep", lambda s: None)
+    hits = {"flaky": 0, "down": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            key = self.path.strip("/")
+            hits[key] += 1
+            ok = key == "flaky" and hits[key] > 2
+            body = b'{"ok": true}' if ok else b'{"exception_message": "Service Unavailable"}'
+            self.send_response(200 if ok else 503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        jobs = PrefectJobs(f"http://127.0.0.1:{srv.server_address[1]}", "retrain/lexforge")
+        assert jobs._call("GET", "/flaky") == {"ok": True} and hits["flaky"] == 3
+        with pytest.raises(OrchestratorError, match=r"GET /down -> 503: .*Service Unavailable"):
+            jobs._call("GET", "/down")
+        assert hits["down"] == 4
+    finally:
+        srv.shutdown()
+
+
+def test_create_run_is_idempotent_on_the_job_id(prefect_server, flow_runner):
+    """A create_flow_run retried after a lost answer must not start the job twice (real Prefect server)."""
+    from lexforge.api.orchestrator import PrefectJobs
+
+    jobs = PrefectJobs(prefect_server, f"{TEST_FLOW}/{TEST_DEPLOYMENT}")
+    params = {"spec_path": "/nonexistent/spec.yaml"}
+    first = jobs.create_run(params, name="ftjob-idempotency-check", tags=["test"])
+    try:
+        again = jobs.create_run(params, name="ftjob-idempotency-check", tags=["test"])
+        assert again["id"] == first["id"]
+    finally:
+        jobs.cancel_run(first["id"])

@@ -7,6 +7,8 @@ state history and logs (the job's events).
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +27,8 @@ STATUS_BY_STATE = {
     "CANCELLED": "cancelled",
 }
 TERMINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+TRANSIENT_STATUS = {429, 502, 503, 504}
+log = logging.getLogger(__name__)
 
 
 class OrchestratorError(RuntimeError):
@@ -49,11 +53,26 @@ class PrefectJobs:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kw) -> Any:
-        try:
-            r = self._http.request(method, path, **kw)
-        except httpx.HTTPError as e:
-            raise OrchestratorError(f"Prefect API {self.api_url} unreachable ({type(e).__name__}: {e})") from None
+    def _call(self, method: str, path: str, *, attempts: int = 4, **kw) -> Any:
+        """One Prefect API call. Transient answers (429/502/503/504: the server is busy, e.g. its database is
+        locked under load) and dropped connections are retried with backoff; callers make POSTs safe to repeat
+        (create_run sends an idempotency key)."""
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                r = self._http.request(method, path, **kw)
+            except (httpx.ConnectError, httpx.ReadTimeout, httpx.RemoteProtocolError) as e:
+                if not last:
+                    time.sleep(0.5 * 2 ** attempt)
+                    continue
+                raise OrchestratorError(f"Prefect API {self.api_url} unreachable ({type(e).__name__}: {e})") from None
+            except httpx.HTTPError as e:
+                raise OrchestratorError(f"Prefect API {self.api_url} unreachable ({type(e).__name__}: {e})") from None
+            if r.status_code in TRANSIENT_STATUS and not last:
+                log.warning("Prefect API %s %s -> %s; retrying", method, path, r.status_code)
+                time.sleep(0.5 * 2 ** attempt)
+                continue
+            break
         if r.status_code == 404:
             raise KeyError(path)
         if r.status_code >= 400:
@@ -76,7 +95,8 @@ class PrefectJobs:
         dep_id = self.deployment_id()
         try:
             return self._call("POST", f"/deployments/{dep_id}/create_flow_run",
-                              json={"parameters": parameters, "name": name, "tags": tags})
+                              json={"parameters": parameters, "name": name, "tags": tags,
+                                    "idempotency_key": name})  # a retried POST returns the same run
         except KeyError:
             self._deployment_id = None  # deployment was deleted/recreated: look it up again next time
             raise OrchestratorError(f"Prefect deployment {self.deployment!r} disappeared; retry") from None
