@@ -97,14 +97,21 @@ def test_driver_sigterm_via_ray_job_entrypoint_then_rerun_resumes(tmp_path, tiny
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     lines: list[str] = []
-    try:
+    sent = threading.Event()
+
+    def pump():  # one reader for the whole output (communicate() after a partial read can drop buffered lines)
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("LEXFORGE_PROGRESS") and (json.loads(line.split(" ", 1)[1]).get("step") or 0) >= 2:
+            if (not sent.is_set() and line.startswith("LEXFORGE_PROGRESS")
+                    and (json.loads(line.split(" ", 1)[1]).get("step") or 0) >= 2):
                 proc.send_signal(signal.SIGTERM)
-                break
-        rest, _ = proc.communicate(timeout=300)
-        lines.append(rest)
+                sent.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=600)
+        reader.join(timeout=30)  # Ray processes may hold the pipe open after the driver exits
     finally:
         if proc.poll() is None:
             from lexforge.testing import kill_pid_tree
