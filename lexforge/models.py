@@ -159,10 +159,9 @@ def check_adapter_fits_base(adapter_dir: str | Path, base_dir: str | Path) -> No
         if len(target) != 2 or len(shape) != 2:
             continue
         out_f, in_f = target
-        if kind == "lora_A" and shape[1] != in_f or kind == "lora_B" and shape[0] != out_f:
-            raise AdapterMismatch(f"adapter {adapter_dir}: {key} has shape {shape} but {base_dir}'s {module} is "
-                                  f"{out_f}x{in_f}{hint}")
-        if kind == "lora_embedding_A" and shape[1] != out_f or kind == "lora_embedding_B" and shape[0] != in_f:
+        expected = {"lora_A": (1, in_f), "lora_B": (0, out_f),  # (which dim of the LoRA tensor, must equal)
+                    "lora_embedding_A": (1, out_f), "lora_embedding_B": (0, in_f)}[kind]
+        if shape[expected[0]] != expected[1]:
             raise AdapterMismatch(f"adapter {adapter_dir}: {key} has shape {shape} but {base_dir}'s {module} is "
                                   f"{out_f}x{in_f}{hint}")
     if unmatched:

@@ -158,13 +158,12 @@ REGISTER_KEY_TAG = "register_key"
 
 
 def weights_digest(out_dir: Path) -> str:
-    """sha256 over every file of a trained output directory (relative path + bytes), in path order."""
+    """sha256 over every file of a trained output directory (relative path + file sha256), in path order."""
+    from lexforge.data.store import file_sha256
+
     h = hashlib.sha256()
     for f in sorted(p for p in Path(out_dir).rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(out_dir)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        h.update(f"{f.relative_to(out_dir)}\0{file_sha256(f)}\n".encode())
     return h.hexdigest()
 
 
