@@ -12,12 +12,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lexforge.storage import Store, open_store
+from lexforge.storage.layout import DatasetLayout
 
 
 def dataset_key(digest: str, name: str = "data.jsonl") -> str:
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(f"{digest!r} is not a sha256 hex digest")
-    return f"datasets/sha256/{digest}/{name}"
+    return DatasetLayout(digest).file(name)
 
 
 def put_immutable_file(store: Store, key: str, path: Path) -> tuple[str, bool]:

@@ -1,7 +1,8 @@
 """Object storage behind one small interface: a local directory or S3 (boto3; MinIO/moto via endpoint_url).
 
 ``open_store("s3://bucket/prefix", endpoint_url=...)`` or ``open_store("/abs/dir")`` returns a :class:`Store`
-whose keys are ``/``-separated relative paths. Credentials come from the standard AWS env vars / profiles,
+whose keys are ``/``-separated relative paths. Which keys exist and what they hold is
+:mod:`lexforge.storage.layout` and :mod:`lexforge.storage.records`. Credentials come from the standard AWS env vars / profiles,
 never from the job spec, and are never logged.
 """
 
@@ -28,6 +29,8 @@ class Store(Protocol):
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def url(self, key: str) -> str: ...
+    def size(self, key: str) -> int | None: ...
+    def local_path(self, key: str) -> Path | None: ...
 
 
 def _clean_key(key: str) -> str:
@@ -115,8 +118,12 @@ class LocalStore:
     def url(self, key: str) -> str:
         return str(self._path(key))
 
-    def local_path(self, key: str) -> Path:
-        """Local stores can hand out paths directly (no copy)."""
+    def size(self, key: str) -> int | None:
+        p = self._path(key)
+        return p.stat().st_size if p.is_file() else None
+
+    def local_path(self, key: str) -> Path | None:
+        """Local stores hand out paths directly (no copy)."""
         return self._path(key)
 
 
@@ -205,6 +212,18 @@ class S3Store:
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def size(self, key: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except ClientError:
+            return None
+
+    def local_path(self, key: str) -> Path | None:
+        """Objects in S3 have no local path: callers copy them (``get_file``)."""
+        return None
 
     def iter_keys(self, prefix: str = "") -> Iterator[str]:
         yield from self.list(prefix)
