@@ -95,9 +95,11 @@ def generate_vllm(base_model: str, adapter: str | None, prompts: list[str], max_
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM, SamplingParams
 
+    from lexforge.vllm_settings import host_logging_config
+
     # the same precision as the transformers engine (spec model.dtype), so both engines score the same model
     kwargs = dict(model=base_model, enforce_eager=True, seed=0, max_model_len=max_model_len,
-                  max_num_seqs=batch_size, dtype=dtype)
+                  max_num_seqs=batch_size, dtype=dtype, logging_config=host_logging_config())
     if adapter:
         kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=_lora_rank(adapter))
     llm = LLM(**kwargs)

