@@ -120,10 +120,10 @@ def bench_stall(model, work: Path, steps: int) -> dict:
 
 
 def _progress(store, name):
-    try:
-        return json.loads(store.get_bytes(f"runs/{name}/progress.json"))
-    except Exception:  # noqa: BLE001
-        return {}
+    from lexforge.storage.records import RunRecords
+
+    p = RunRecords(store, name).read_progress()
+    return p.model_dump(mode="json") if p else {}
 
 
 def bench_recovery(model, work: Path, sig: int, every: int = 5, kill_after: int = 8) -> dict:

@@ -184,10 +184,11 @@ def run_summaries(ray_address: str | None = None) -> list[dict]:
             if md.get("store"):
                 try:
                     from lexforge.storage import open_store
+                    from lexforge.storage.records import RunRecords
 
-                    p = json.loads(open_store(md["store"], create_bucket=False).get_bytes(f"runs/{run}/progress.json"))
-                    progress = f"{p.get('step')}/{p.get('total_steps')} {p.get('status') or ''}".strip()
-                except Exception:
+                    p = RunRecords(open_store(md["store"], create_bucket=False), run).read_progress()
+                    progress = f"{p.step}/{p.total_steps} {p.status}" if p else ""
+                except Exception:  # the table is a convenience: an unreachable store leaves the cell empty
                     progress = ""
             rows.append({"run": run, "ray_job": j.submission_id, "job_status": str(j.status.value if hasattr(j.status, "value") else j.status),
                          "jobs": attempts[run], "flow_run": fr.name if fr else (md.get("flow_run_id") or "-"),

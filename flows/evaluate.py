@@ -19,9 +19,9 @@ def _target(spec, model: str) -> tuple[str, str | None]:
     if model == "champion":
         from lexforge.registry import resolve_servable
 
-        s = resolve_servable(spec.promotion.registered_model, "champion")
+        s = resolve_servable(spec.promotion.registered_model, "champion", tracking_uri=spec.tracking.resolved_uri())
         return str(s.base_model), (str(s.adapter_path) if s.adapter_path else None)
-    out = jobs.fetch_output(spec, {})
+    out = jobs.fetch_output(spec)
     if (out / "adapter_config.json").is_file():
         return str(resolve_model_path(spec.model.base)), str(out)
     return str(out), None

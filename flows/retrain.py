@@ -19,7 +19,7 @@ def run_pipeline(spec: JobSpec, train_retries: int = 2, deploy: bool = True) -> 
     idempotent, so running it again after a failure redoes only what is missing)."""
     prepared = sanitize(spec)
     plan(spec, prepared.token_stats)
-    trained = train.with_options(retries=train_retries)(spec, prepared.digests.get("sanitized"))
+    trained = train.with_options(retries=train_retries)(spec, prepared.digests["train"])  # the job reuses it
     base_model, adapter = trained_model(trained)
     report = evaluate(spec, base_model, adapter, label="candidate")
     version = register(spec, trained, report)  # the same weights again -> the version registered before

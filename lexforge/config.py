@@ -122,6 +122,10 @@ class CheckpointSpec(_Strict):
     keep_last: int = Field(3, gt=0)
     async_save: bool = True
     save_on_preemption: bool = True
+    on_spec_change: Literal["refuse", "continue"] = Field(
+        "refuse", description="What a resume does when the run's checkpoints were trained with other training "
+        "settings: refuse (naming each changed field), or continue explicitly (more steps/epochs, a new LR "
+        "schedule), recorded as a new lineage segment.")
 
     @model_validator(mode="after")
     def _some_interval(self) -> "CheckpointSpec":
@@ -190,6 +194,10 @@ class TrackingSpec(_Strict):
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; None = $MLFLOW_TRACKING_URI or no tracking.")
     experiment: str = "lexforge"
 
+    def resolved_uri(self) -> str | None:
+        """The MLflow tracking URI every lexforge client uses: the spec's, else $MLFLOW_TRACKING_URI, else None."""
+        return self.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
 
 class ServeSpec(_Strict):
     served_name: str = Field("legal-champion", description="Stable model name clients use; follows @champion.")
@@ -254,8 +262,12 @@ class JobSpec(_Strict):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:
-        """sha256 of the canonical spec, first 16 hex chars; logged everywhere."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+        """sha256 of the canonical spec, first 16 hex chars; logged everywhere (lineage, checkpoints, MLflow,
+        Ray job metadata, Prefect artifacts, registry). Where the job is submitted (``resources.ray_address``) is
+        not part of what it trains, so it is left out: the hash is the same on every side of a submission."""
+        d = self.model_dump(mode="json")
+        d["resources"].pop("ray_address", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
     def flat_params(self) -> dict[str, str]:
         """Flattened ``a.b.c -> value`` view, e.g. for MLflow params (the spec holds no secrets)."""

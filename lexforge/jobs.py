@@ -8,7 +8,8 @@ client can find the jobs of a run without extra state.
 Idempotency rules of :func:`dispatch_training`:
 
 1. a job of this run that is PENDING/RUNNING (from any flow run) is re-attached, never duplicated;
-2. a SUCCEEDED job of this run with the same spec hash and dataset digest is reused (training is done);
+2. a SUCCEEDED job of this run with the same spec hash and dataset digest (the train split's sha256, which the
+   job trains on as stored: it never prepares the data again) is reused (training is done);
 3. otherwise submission ids ``lexforge-<run>-<flow run short>-<attempt>`` are tried in order: an id that
    does not exist yet is submitted (a FAILED/STOPPED id is skipped: the new attempt resumes from the
    latest committed checkpoint, because the entrypoint resumes by run name + storage).
@@ -31,8 +32,8 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from lexforge.config import JobSpec
+from lexforge.train.entrypoint import RESULT_MARKER
 
-RESULT_MARKER = "LEXFORGE_RESULT "
 ACTIVE = ("PENDING", "RUNNING")
 ENTRYPOINT_MODULE = "lexforge.train.entrypoint"
 #: Non-secret environment forwarded to the job (credentials must come from the cluster: IRSA, secrets).
@@ -213,7 +214,8 @@ def dispatch_training(
             if st in ACTIVE or st == "SUCCEEDED":
                 return Dispatch(sid, st, "attached", attempt)
             continue  # FAILED / STOPPED: next attempt resumes from the latest checkpoint
-        cmd = entrypoint or f"{job_python(url)} -m {ENTRYPOINT_MODULE} spec.yaml"
+        cmd = entrypoint or f"{job_python(url)} -m {ENTRYPOINT_MODULE} spec.yaml" + (
+            f" --dataset-digest {dataset_digest}" if dataset_digest else "")
         metadata = {"lexforge_run": run, "spec_hash": spec.spec_hash(), "dataset": dataset_digest or "",
                     "flow_run_id": str(flow_run_id or ""), "attempt": str(attempt),
                     "store": spec.storage.resolved_root(), **(extra_metadata or {})}
@@ -297,7 +299,7 @@ def raise_for_outcome(outcome: JobOutcome) -> dict:
                             outcome.submission_id, "INVALID")
     if r is not None and r.get("status") not in (None, "completed"):
         raise TrainJobError(f"Ray job {outcome.submission_id}: training {r.get('status')} at step {r.get('steps')} "
-                            f"({(r.get('details') or {}).get('preemption_reason') or 'stop requested'}); "
+                            f"({r.get('preemption_reason') or 'stop requested'}); "
                             "the next attempt resumes from the last checkpoint", outcome.submission_id, "PREEMPTED")
     why = "finished without a LEXFORGE_RESULT line" if outcome.status == "SUCCEEDED" else outcome.status
     tail = "\n".join(outcome.log_tail[-20:])
@@ -318,44 +320,26 @@ def stop_run_jobs(client, run_name: str) -> list[str]:
 # ---- what the run has written to the store --------------------------------------------------------------------
 
 
-def read_progress(spec: JobSpec) -> dict | None:
+def run_records(spec: JobSpec):
     from lexforge.storage import store_for_spec
+    from lexforge.storage.records import RunRecords
 
-    try:
-        return json.loads(store_for_spec(spec).get_bytes(f"runs/{spec.name}/progress.json"))
-    except FileNotFoundError:
-        return None
+    return RunRecords(store_for_spec(spec), spec.name)
+
+
+def read_progress(spec: JobSpec):
+    """The run's latest :class:`lexforge.storage.records.Progress` (None before the job reported any)."""
+    return run_records(spec).read_progress()
 
 
 def committed_steps(spec: JobSpec) -> list[int]:
-    """Steps of committed checkpoints (``manifest.json`` present), ascending."""
-    from lexforge.storage import store_for_spec
-
-    steps = set()
-    for key in store_for_spec(spec).list(f"runs/{spec.name}/checkpoints/"):
-        parts = key.split("/")
-        if len(parts) >= 5 and parts[-1] == "manifest.json" and parts[-2].startswith("step_"):
-            try:
-                steps.add(int(parts[-2][5:]))
-            except ValueError:
-                pass
-    return sorted(steps)
+    """Steps of committed, intact checkpoints, ascending."""
+    return run_records(spec).committed_steps()
 
 
-def fetch_output(spec: JobSpec, result: dict, dest: Path | None = None) -> Path:
-    """A local directory with the trained output: the job's ``output_dir`` when this machine sees it (embedded
-    stack), else a copy of ``runs/<name>/output/`` from the store."""
-    local = Path(result.get("output_dir") or "")
-    if str(local) and local.is_dir() and any(local.iterdir()):
-        return local
-    from lexforge.storage import store_for_spec
-
-    store = store_for_spec(spec)
-    prefix = f"runs/{spec.name}/output/"
-    dest = dest or Path(tempfile.mkdtemp(prefix=f"lexforge-output-{spec.name}-"))
-    keys = store.list(prefix)
-    if not keys:
-        raise FileNotFoundError(f"no trained output under {store.url(prefix)}")
-    for key in keys:
-        store.get_file(key, dest / key[len(prefix):])
-    return dest
+def fetch_output(spec: JobSpec, dest: Path | None = None) -> Path:
+    """A local directory with the run's trained output: the store's own folder on a local store, else a copy."""
+    records = run_records(spec)
+    if not records.has_output():
+        raise FileNotFoundError(f"no trained output at {records.output_uri()} (the run has not finished)")
+    return records.local_output(dest or Path(tempfile.mkdtemp(prefix=f"lexforge-output-{spec.name}-")))

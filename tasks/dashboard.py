@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 from lexforge.config import JobSpec
@@ -15,7 +14,7 @@ def artifact_key(kind: str, spec: JobSpec) -> str:
 
 
 def mlflow_base(spec: JobSpec) -> str | None:
-    uri = spec.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = spec.tracking.resolved_uri()
     return uri.rstrip("/") if uri and uri.startswith(("http://", "https://")) else None
 
 

@@ -63,7 +63,7 @@ def promote(spec: JobSpec, name: str, version, decision) -> bool:
 
     do = bool(decision.promote) and spec.promotion.auto_promote
     if do:
-        set_champion(name, version, decision, by="prefect:retrain", tracking_uri=spec.tracking.mlflow_uri)
+        set_champion(name, version, decision, by="prefect:retrain", tracking_uri=spec.tracking.resolved_uri())
     create_markdown_artifact(key=artifact_key("promotion-decision", spec), description=f"promotion of {name} v{version}",
                              markdown=_decision_markdown(spec, name, version, decision, do))
     return do
@@ -73,7 +73,7 @@ def promote(spec: JobSpec, name: str, version, decision) -> bool:
 def rollback(spec: JobSpec, name: str):
     from lexforge.registry import rollback as registry_rollback
 
-    mv = registry_rollback(name, by="prefect:promote", tracking_uri=spec.tracking.mlflow_uri)
+    mv = registry_rollback(name, by="prefect:promote", tracking_uri=spec.tracking.resolved_uri())
     create_markdown_artifact(key=artifact_key("promotion-decision", spec), description=f"rollback of {name}",
                              markdown=f"# Rollback\n\n`{name}` @champion -> v{mv.version} (previous champion)\n")
     return mv

@@ -36,7 +36,7 @@ def reload_champion(spec: JobSpec) -> dict:
     from lexforge.registry import resolve_servable
 
     log = get_run_logger()
-    servable = resolve_servable(spec.promotion.registered_model, "champion")
+    servable = resolve_servable(spec.promotion.registered_model, "champion", tracking_uri=spec.tracking.resolved_uri())
     url = serve_url()
     if url is None:
         msg = (f"@champion of {spec.promotion.registered_model} is v{servable.version}; no serving app configured "

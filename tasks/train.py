@@ -1,15 +1,12 @@
 """train: run training as a Ray job on the configured Ray cluster and follow it to the end.
 
 The engine work (submit / re-attach / resume, log and progress polling) is ``lexforge.jobs``; this task only
-wires it to Prefect: logs -> the run logger, ``runs/<name>/progress.json`` -> a progress artifact, links to the
+wires it to Prefect: logs -> the run logger, the run's Progress record -> a progress artifact, links to the
 Ray dashboard and the MLflow run -> a markdown artifact. Retries re-enter :func:`lexforge.jobs.dispatch_training`,
 which re-attaches to a still-running job or submits the next attempt (resuming from the last checkpoint).
 """
 
 from __future__ import annotations
-
-import dataclasses
-from pathlib import Path
 
 from prefect import get_client, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -34,33 +31,17 @@ def _retry_unless_cancelled(task, task_run, state) -> bool:
         return True
 
 
-def _percent(p: dict) -> float:
-    total = p.get("total_steps") or 0
-    return max(0.0, min(100.0, 100.0 * (p.get("step") or 0) / total)) if total else 0.0
+def _percent(p) -> float:
+    return max(0.0, min(100.0, 100.0 * p.step / p.total_steps)) if p.total_steps else 0.0
 
 
-def _describe(p: dict) -> str:
-    parts = [f"step {p.get('step')}/{p.get('total_steps')}"]
-    for k, fmt in (("loss", "loss {:.4f}"), ("tokens_per_s", "{:.0f} tok/s"), ("eta_s", "ETA {:.0f}s")):
-        if isinstance(p.get(k), (int, float)):
-            parts.append(fmt.format(p[k]))
-    if p.get("status"):
-        parts.append(str(p["status"]))
+def _describe(p) -> str:
+    parts = [f"step {p.step}/{p.total_steps}"]
+    for value, fmt in ((p.loss, "loss {:.4f}"), (p.tokens_per_s, "{:.0f} tok/s"), (p.eta_s, "ETA {:.0f}s")):
+        if value is not None:
+            parts.append(fmt.format(value))
+    parts.append(p.status)
     return ", ".join(parts)
-
-
-def _as_train_result(result: dict, output_dir: Path | None):
-    """The engine's TrainResult (what evaluate/register take) when the job produced an output, else the dict."""
-    if output_dir is None:
-        return dict(result)
-    from lexforge.train import TrainResult
-
-    fields = {f.name for f in dataclasses.fields(TrainResult)}
-    kw = {k: v for k, v in result.items() if k in fields}
-    kw["output_dir"] = output_dir
-    if "losses" in kw:
-        kw["losses"] = {int(k): v for k, v in (kw["losses"] or {}).items()}
-    return TrainResult(**kw)
 
 
 @task(name="train", cache_policy=NONE, retries=2, retry_delay_seconds=10, retry_condition_fn=_retry_unless_cancelled)
@@ -82,7 +63,7 @@ def train(spec: JobSpec, dataset_digest: str | None = None, entrypoint: str | No
     progress_id = create_progress_artifact(
         progress=0.0, key=artifact_key("training-progress", spec), description=f"{spec.name}: waiting for the job")
 
-    def on_progress(p: dict) -> None:
+    def on_progress(p) -> None:
         update_progress_artifact(progress_id, _percent(p), description=f"{spec.name}: {_describe(p)}")
         log.info("progress: %s", _describe(p))
 
@@ -107,5 +88,8 @@ def train(spec: JobSpec, dataset_digest: str | None = None, entrypoint: str | No
             f"resumed from step: {result.get('resumed_from_step')}\n- output: `{result.get('output_uri')}`\n"
         ),
     )
-    has_output = bool(result.get("output_uri") or result.get("output_dir"))
-    return _as_train_result(result, jobs.fetch_output(spec, result) if has_output else None)
+    from lexforge.storage.records import RunResult
+    from lexforge.train import TrainResult
+
+    record = RunResult.model_validate(result)
+    return TrainResult.from_record(spec.name, record, jobs.fetch_output(spec))

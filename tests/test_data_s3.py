@@ -63,7 +63,9 @@ def test_prepare_stores_by_digest_on_s3_immutably(tmp_path, tok, moto_s3, bucket
     after = s3.head_object(Bucket=bucket, Key=key)
     assert p2.digests == p.digests and all(p2.lineage["reused"].values())
     assert after["LastModified"] == before["LastModified"] and after["ETag"] == before["ETag"]
-    listed = open_store(f"s3://{bucket}/lexforge", endpoint_url=moto_s3).list("datasets/sha256/")
+    from lexforge.storage.layout import DatasetLayout
+
+    listed = open_store(f"s3://{bucket}/lexforge", endpoint_url=moto_s3).list(DatasetLayout.ROOT + "/")
     assert len([k for k in listed if k.endswith("/data.jsonl")]) == 3
 
     store = open_store(f"s3://{bucket}/lexforge", endpoint_url=moto_s3)

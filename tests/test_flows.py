@@ -27,31 +27,36 @@ from lexforge.config import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A trainer with the same store contract as lexforge.train.entrypoint: resumes from the latest committed
-# checkpoint (manifest.json written last), writes progress.json, prints LEXFORGE_RESULT at the end.
+# A fast trainer with the store contract of lexforge.train.entrypoint, written with the real record writers
+# (lexforge.storage.records): resumes from the latest committed checkpoint, writes Progress and checkpoint
+# manifests, prints the RunResult record as the LEXFORGE_RESULT line at the end.
 FAKE_TRAINER = textwrap.dedent('''
-    import json, os, sys, time
-    from pathlib import Path
-    import yaml
-    spec = yaml.safe_load(open(sys.argv[1]))
-    run = spec["name"]; total = spec["hyperparams"]["max_steps"]; every = spec["checkpoint"]["every_n_steps"]
-    root = Path(spec["storage"]["root"]) / "runs" / run
-    ck = root / "checkpoints"
-    done = sorted(int(p.parent.name[5:]) for p in ck.glob("step_*/manifest.json")) if ck.exists() else []
-    start = done[-1] if done else 0
+    import os, sys, time
+    from lexforge.config import load_spec
+    from lexforge.storage import store_for_spec
+    from lexforge.storage.records import Lineage, Manifest, Progress, RunRecords, RunResult
+    from lexforge.train.entrypoint import RESULT_MARKER
+
+    spec = load_spec(sys.argv[1])
+    total, every = spec.hyperparams.max_steps, spec.checkpoint.every_n_steps
+    records = RunRecords(store_for_spec(spec), spec.name)
+    lineage = Lineage(run_name=spec.name, spec_hash=spec.spec_hash(), dataset_digest="0" * 64, base_model="fake",
+                      method=spec.method, stage=spec.stage, strategy=spec.strategy)
+    latest = records.latest()
+    start = latest.step if latest else 0
     print(f"starting at step {start} of {total}", flush=True)
     for step in range(start + 1, total + 1):
         time.sleep(float(os.environ.get("FAKE_STEP_S", "0.4")))
-        (root).mkdir(parents=True, exist_ok=True)
-        (root / "progress.json").write_text(json.dumps({"step": step, "total_steps": total, "loss": 1.0 / step,
-                                                        "tokens_per_s": 100.0, "eta_s": 0, "status": "running"}))
+        records.write_progress(Progress(step=step, total_steps=total, loss=1.0 / step, tokens_per_s=100.0, eta_s=0))
         print(f"step {step} loss {1.0/step:.3f}", flush=True)
         if step % every == 0:
-            d = ck / f"step_{step:08d}"; d.mkdir(parents=True, exist_ok=True)
-            (d / "state.json").write_text(json.dumps({"step": step}))
-            (d / "manifest.json").write_text(json.dumps({"step": step}))
-    print("LEXFORGE_RESULT " + json.dumps({"run_name": run, "steps": total, "final_loss": 1.0 / total,
-                                           "resumed_from_step": start or None, "mlflow_run_id": None}), flush=True)
+            records.store.put_bytes(records.layout.checkpoint_file(step, "state.json"), b"{}")
+            records.write_manifest(Manifest(step=step, run=spec.name, strategy=spec.strategy, world_size=1,
+                                            files={"state.json": 2}, lineage=lineage, committed_at=time.time()))
+    result = RunResult(status="completed", steps=total, final_loss=1.0 / total, resumed_from_step=start or None,
+                       lineage=lineage)
+    records.write_result(result)
+    print(RESULT_MARKER + result.model_dump_json(), flush=True)
 ''')
 
 
@@ -112,14 +117,14 @@ def test_dispatch_reattaches_and_resumes_after_stop(tmp_path, ray_jobs_env):
     resumed = jobs.dispatch_training(client, spec, "0f0f0f0f-aaaa", dataset_digest="d1", entrypoint=entry)
     assert (resumed.how, resumed.attempt) == ("submitted", 2)
     lines: list[str] = []
-    progress: list[dict] = []
+    progress: list = []
     outcome = jobs.follow_job(client, resumed.submission_id, on_log=lines.append, on_progress=progress.append,
                               read_progress=lambda: jobs.read_progress(spec), poll_s=0.5)
     result = jobs.raise_for_outcome(outcome)
     assert result["steps"] == 12
     assert result["resumed_from_step"] >= committed_before  # no committed step lost
     assert f"starting at step {result['resumed_from_step']} of 12" in lines
-    assert progress and progress[-1]["step"] == 12
+    assert progress and progress[-1].step == 12
     assert jobs.committed_steps(spec)[-1] == 12
 
     # done: the same spec + data reuses the finished job; different data trains again
@@ -370,8 +375,8 @@ def test_killed_training_is_resumed_by_the_automation(orchestrated):
     def committed_while_running():
         job = jobs.active_job(client, spec.name)
         steps = jobs.committed_steps(spec)
-        p = jobs.read_progress(spec) or {}
-        if job is not None and steps and (p.get("step") or 0) < total - 4 and _driver_pids(spec.name):
+        p = jobs.read_progress(spec)
+        if job is not None and steps and (p.step if p else 0) < total - 4 and _driver_pids(spec.name):
             return job, steps[-1]
         return None
 
@@ -406,7 +411,7 @@ def test_killed_training_is_resumed_by_the_automation(orchestrated):
     result = jobs.parse_result(client.get_job_logs(history[-1].submission_id))
     assert result["status"] == "completed" and result["steps"] == total
     assert result["resumed_from_step"] is not None and result["resumed_from_step"] >= committed_at_kill
-    assert jobs.read_progress(spec)["step"] == total
+    assert jobs.read_progress(spec).step == total
 
     arts = _artifacts(resumed.id)
     for key in ("dataset-report", "training-progress", "training-links", "eval-candidate", "promotion-decision"):

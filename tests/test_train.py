@@ -71,25 +71,25 @@ def check_exact_resume(tmp_path, tmp_path_factory, tiny, *, strategy="ddp", meth
     On CPU in fp32, DDP, FSDP2 and ZeRO compute the same math, so the DDP straight run is the reference for all.
     """
     from lexforge.storage import open_store
-    from lexforge.train.checkpoint import find_latest, list_committed
+    from lexforge.storage.records import RunRecords
 
     straight = straight_run(tmp_path_factory, tiny, method, steps, **kw)
     store = tmp_path / "store"
     spec = make_spec(f"interrupted-{strategy}", tiny, store, strategy=strategy, method=method, steps=steps, **kw)
     first = run_with_drill(spec, stop)
     assert first.status == "preempted" and first.steps == stop
-    st = open_store(str(store))
-    latest = find_latest(st, spec.name)
-    assert latest["step"] == stop and latest["strategy"] == strategy  # committed at the step boundary
-    assert latest["data_position"]["micro_batches_consumed"] == stop * 2
-    assert latest["lineage"]["spec_hash"] == spec.spec_hash()
+    records = RunRecords(open_store(str(store)), spec.name)
+    latest = records.latest()
+    assert latest.step == stop and latest.strategy == strategy  # committed at the step boundary
+    assert latest.data_position["micro_batches_consumed"] == stop * 2
+    assert latest.lineage.spec_hash == spec.spec_hash()
     assert_same_trajectory(straight.losses, first.losses, range(1, stop + 1))
 
     second = run_with_drill(spec, None)  # the same command again resumes
     assert second.status == "completed" and second.resumed_from_step == stop
     assert sorted(second.losses) == list(range(stop + 1, steps + 1))
     assert_same_trajectory(straight.losses, second.losses, range(stop + 1, steps + 1))
-    assert len(list_committed(st, spec.name)) <= 2  # keep_last
+    assert len(records.committed_steps()) <= 2  # keep_last
     return straight, second
 
 

@@ -37,7 +37,7 @@ def _run_in_thread(spec):
 @pytest.mark.slow
 def test_worker_sigterm_saves_at_next_step_boundary_then_resumes(tmp_path, tiny_model_dir, ray_local):
     from lexforge.storage import open_store
-    from lexforge.train.checkpoint import find_latest
+    from lexforge.storage.records import RunRecords
     from lexforge.train.run import wait_for_progress
 
     store = tmp_path / "store"
@@ -51,10 +51,10 @@ def test_worker_sigterm_saves_at_next_step_boundary_then_resumes(tmp_path, tiny_
     assert "error" not in box, box.get("error")
     r = box["result"]
     assert r.status == "preempted" and 2 <= r.steps < 400
-    latest = find_latest(open_store(str(store)), spec.name)
-    assert latest["step"] == r.steps  # nothing committed was lost: the preemption checkpoint is the last step
+    latest = RunRecords(open_store(str(store)), spec.name).latest()
+    assert latest.step == r.steps  # nothing committed was lost: the preemption checkpoint is the last step
     spec2 = make_spec("sigterm-worker", tiny_model_dir, store, steps=r.steps + 2, every=1000)
-    # resuming needs the same spec except the length; a different spec hash is allowed (extend a run)
+    spec2.checkpoint.on_spec_change = "continue"  # a longer run under the same name is an explicit continuation
     from lexforge.train import run_training
 
     r2 = run_training(spec2)
@@ -122,8 +122,9 @@ def test_driver_sigterm_via_ray_job_entrypoint_then_rerun_resumes(tmp_path, tiny
     res = json.loads([ln for ln in out.splitlines() if ln.startswith("LEXFORGE_RESULT ")][-1].split(" ", 1)[1])
     assert res["status"] == "preempted" and res["steps"] >= 2
     stopped = res["steps"]
-    # the same command again resumes (shortened with --set so the test stays quick)
-    done = subprocess.run(cmd + ["--set", f"hyperparams.max_steps={stopped + 2}"], capture_output=True, text=True,
+    # the same command again resumes (shortened with --set so the test stays quick: an explicit continuation)
+    done = subprocess.run(cmd + ["--set", f"hyperparams.max_steps={stopped + 2}",
+                                 "--set", "checkpoint.on_spec_change=continue"], capture_output=True, text=True,
                           env={**os.environ}, timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     res2 = json.loads([ln for ln in done.stdout.splitlines() if ln.startswith("LEXFORGE_RESULT ")][-1].split(" ", 1)[1])
@@ -133,7 +134,7 @@ def test_driver_sigterm_via_ray_job_entrypoint_then_rerun_resumes(tmp_path, tiny
 @pytest.mark.slow
 def test_s3_checkpoints_resume_exactly(tmp_path, tmp_path_factory, tiny_model_dir, moto_s3, ray_local):
     from lexforge.storage import open_store
-    from lexforge.train.checkpoint import find_latest
+    from lexforge.storage.records import RunRecords
 
     straight = straight_run(tmp_path_factory, tiny_model_dir, "lora", 4)
     root = "s3://lexforge-train-test/ckpt"
@@ -142,14 +143,15 @@ def test_s3_checkpoints_resume_exactly(tmp_path, tmp_path_factory, tiny_model_di
     first = run_with_drill(spec, 3)
     assert first.status == "preempted" and first.steps == 3
     st = open_store(root, endpoint_url=moto_s3)
-    latest = find_latest(st, "s3-run")
-    assert latest["step"] == 3 and any(f.startswith("dcp/") for f in latest["files"])
-    assert any(f.startswith("rank_00001") for f in latest["files"])  # every rank's state made it to S3
+    latest = RunRecords(st, "s3-run").latest()
+    assert latest.step == 3 and any(f.startswith("dcp/") for f in latest.files)
+    assert any(f.startswith("rank_00001") for f in latest.files)  # every rank's state made it to S3
+    assert all(size is not None for size in latest.files.values())  # sizes are checked on S3 too
     second = run_with_drill(spec, None)
     assert second.status == "completed" and second.resumed_from_step == 3
     assert_same_trajectory(straight.losses, {**first.losses, **second.losses}, range(1, 5))
     assert second.output_uri.startswith("s3://") and (second.output_dir / "adapter_model.safetensors").is_file()
-    assert st.exists("runs/s3-run/output/lineage.json")
+    assert RunRecords(st, "s3-run").has_output()
 
 
 @pytest.mark.slow

@@ -77,33 +77,40 @@ def test_rewards():
         get_reward("nope")
 
 
-def _write_ckpt(store, run, step, files, manifest=True, sizes=None):
-    from lexforge.train.checkpoint import step_key
+def _write_ckpt(records, step, files, manifest=True, sizes=None):
+    """A checkpoint as the CheckpointManager writes it: shard files, then the manifest (the real record writer)."""
+    import time
 
-    key = step_key(run, step)
+    from lexforge.storage.records import Lineage, Manifest
+
+    layout = records.layout
     for f in files:
-        store.put_bytes(f"{key}/{f}", b"x" * 10)
+        records.store.put_bytes(layout.checkpoint_file(step, f), b"x" * 10)
     if manifest is True:
-        man = {"step": step, "files": {f: (sizes or {}).get(f, 10) for f in files}}
-        store.put_bytes(f"{key}/manifest.json", json.dumps(man).encode())
+        lineage = Lineage(run_name=records.run, spec_hash="s" * 16, dataset_digest="d" * 64, base_model="b",
+                          method="lora", stage="sft", strategy="ddp")
+        records.write_manifest(Manifest(step=step, run=records.run, strategy="ddp", world_size=1,
+                                        files={f: (sizes or {}).get(f, 10) for f in files}, lineage=lineage,
+                                        committed_at=time.time()))
     elif manifest:
-        store.put_bytes(f"{key}/manifest.json", manifest)
+        records.store.put_bytes(layout.manifest(step), manifest)
 
 
-def test_find_latest_skips_incomplete_and_corrupt_checkpoints(tmp_path):
+def test_latest_checkpoint_skips_incomplete_and_corrupt_ones(tmp_path):
     from lexforge.storage import open_store
-    from lexforge.train.checkpoint import find_latest, list_committed
+    from lexforge.storage.records import RunRecords
 
-    st = open_store(str(tmp_path))
-    assert find_latest(st, "r") is None
-    _write_ckpt(st, "r", 2, ["dcp/__0_0.distcp", "rank_00000.pt"])
-    _write_ckpt(st, "r", 4, ["dcp/__0_0.distcp"], manifest=False)  # crashed before commit
-    _write_ckpt(st, "r", 6, ["dcp/__0_0.distcp"], manifest=b"{not json")  # corrupt manifest
-    _write_ckpt(st, "r", 8, ["dcp/__0_0.distcp"], sizes={"dcp/__0_0.distcp": 999})  # truncated shard
-    _write_ckpt(st, "r", 10, ["a"])
-    st.delete("runs/r/checkpoints/step_00000010/a")  # listed shard missing
-    assert find_latest(st, "r")["step"] == 2
-    assert list_committed(st, "r") == [2]
+    records = RunRecords(open_store(str(tmp_path)), "r")
+    assert records.latest() is None
+    _write_ckpt(records, 2, ["dcp/__0_0.distcp", "rank_00000.pt"])
+    _write_ckpt(records, 4, ["dcp/__0_0.distcp"], manifest=False)  # crashed before commit
+    _write_ckpt(records, 6, ["dcp/__0_0.distcp"], manifest=b"{not json")  # corrupt manifest
+    _write_ckpt(records, 8, ["dcp/__0_0.distcp"], sizes={"dcp/__0_0.distcp": 999})  # truncated shard
+    _write_ckpt(records, 10, ["a"])
+    records.store.delete(records.layout.checkpoint_file(10, "a"))  # listed shard missing
+    assert records.latest().step == 2
+    assert records.committed_steps() == [2]
+    assert records.checkpoint_steps() == [2, 4, 6, 8, 10]
 
 
 def test_scaling_and_torch_config_for_gpu_clusters():

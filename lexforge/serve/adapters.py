@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -85,17 +84,9 @@ class RegistryChampion:
         self.registered_model, self.alias, self.tracking_uri = registered_model, alias, tracking_uri
 
     def resolve(self) -> Champion:
-        if self.tracking_uri:
-            os.environ.setdefault("MLFLOW_TRACKING_URI", self.tracking_uri)
-        try:
-            from lexforge.registry import resolve_servable
-        except ImportError as e:
-            raise AdapterError(f"lexforge.registry.resolve_servable is not available ({e}); "
-                               f"use a pointer file (--champion file:PATH) instead") from None
-        try:
-            s = resolve_servable(self.registered_model, alias=self.alias, tracking_uri=self.tracking_uri)
-        except TypeError:  # older signature without tracking_uri
-            s = resolve_servable(self.registered_model, alias=self.alias)
+        from lexforge.registry import resolve_servable
+
+        s = resolve_servable(self.registered_model, alias=self.alias, tracking_uri=self.tracking_uri)
         return Champion(getattr(s, "adapter_path", None) and str(s.adapter_path), str(s.version),
                         getattr(s, "base_model", None) and str(s.base_model))
 

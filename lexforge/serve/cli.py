@@ -30,7 +30,7 @@ def parse_champion(value: str, spec):
     from lexforge.serve.settings import ChampionSourceConfig
 
     kind, _, arg = value.partition(":")
-    tracking = spec.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    tracking = spec.tracking.resolved_uri()
     if kind == "registry":
         if not tracking:
             raise typer.BadParameter("--champion registry needs MLflow: set tracking.mlflow_uri or "
@@ -100,8 +100,14 @@ def register(app: typer.Typer) -> None:
         print(url)
         if detach:
             return
+        import signal
+
         from ray import serve
 
+        def _stop(signum, frame):  # SIGTERM (lexforge down, a process manager) stops the app like Ctrl-C
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)
         try:
             while True:
                 time.sleep(3600)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +31,8 @@ class ServeSettings(BaseModel):
     served_name: str = "legal-champion"
     adapters: dict[str, str] = Field(default_factory=dict, description="Extra LoRA adapters: name -> PEFT dir.")
     champion: ChampionSourceConfig = Field(default_factory=ChampionSourceConfig)
+    tracking_uri: str | None = Field(None, description="MLflow registry the app resolves models:/ versions from "
+                                                       "(POST /admin/adapters with model_uri).")
     system_prompt: str = ""
     # engine
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
@@ -103,9 +104,9 @@ def settings_from_spec(
     base_name = Path(base).name if Path(base).expanduser().is_dir() else base
     if champion is None:
         champion = ChampionSourceConfig(
-            kind="registry" if (spec.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")) else "none",
+            kind="registry" if (spec.tracking.resolved_uri()) else "none",
             registered_model=spec.promotion.registered_model,
-            tracking_uri=spec.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+            tracking_uri=spec.tracking.resolved_uri(),
         )
     max_len = spec.serve.max_model_len
     limit = model_max_len(path)
@@ -118,6 +119,7 @@ def settings_from_spec(
         served_name=spec.serve.served_name,
         adapters={k: str(Path(v).expanduser().resolve()) for k, v in (adapters or {}).items()},
         champion=champion,
+        tracking_uri=spec.tracking.resolved_uri(),
         system_prompt=spec.serve.system_prompt,
         dtype=spec.model.dtype,
         max_model_len=max_len,

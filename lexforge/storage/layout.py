@@ -11,6 +11,7 @@ Everything lives under one store (``storage.root``: a local directory or ``s3://
     runs/<run>/control/stop.json                stop request: checkpoint at the next step and exit
     runs/<run>/control/epoch.json               the current writer's epoch (fencing of older attempts)
     runs/<run>/eval/<label>.json                evaluation reports
+    runs/<run>/registered.json                  the model registry version the run's output became
     datasets/sha256/<digest>/data.jsonl         content-addressed dataset (+ report.json, lineage.json)
     eval-cache/<key>.json                       cached evaluation reports (e.g. of a base model)
     api/files/<file id>.jsonl                   fine-tuning API uploads
@@ -106,6 +107,10 @@ class RunLayout:
     @property
     def output_lineage(self) -> str:
         return self.output_file(OUTPUT_LINEAGE_NAME)
+
+    @property
+    def registration(self) -> str:
+        return f"{self.root}/registered.json"
 
     @property
     def stop_request(self) -> str:

@@ -117,6 +117,20 @@ class RunResult(_Record):
     error: str | None = None
 
 
+class Registration(_Record):
+    """The registry model version a run's output was registered as (one model, one identity)."""
+
+    name: str
+    version: str
+    base_model: str = ""
+    is_adapter: bool = True
+    registered_at: float = Field(default_factory=time.time)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
 class StopRequest(_Record):
     reason: str
     at: float = Field(default_factory=time.time)
@@ -222,6 +236,13 @@ class RunRecords:
 
     def clear_result(self) -> None:
         self.store.delete(self.layout.result)
+
+    # ---- registration ------------------------------------------------------------------------------------------
+    def read_registration(self) -> Registration | None:
+        return _read(self.store, self.layout.registration, Registration)
+
+    def write_registration(self, r: Registration) -> None:
+        self.store.put_bytes(self.layout.registration, r.to_json())
 
     # ---- control -------------------------------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:

@@ -85,9 +85,13 @@ class TrainData:
         return dict(self.__dict__)
 
 
-def resolve_train_data(spec, prepared=None) -> TrainData:
-    """Pick the clean training rows: a given PreparedDataset, lexforge.data.prepare_dataset, or spec.data.train."""
+def resolve_train_data(spec, prepared=None, dataset_digest: str | None = None) -> TrainData:
+    """Pick the clean training rows: a given PreparedDataset, the stored dataset ``dataset_digest`` (prepared
+    earlier, e.g. by a flow's sanitize step: reused, never sanitized twice), lexforge.data.prepare_dataset, or
+    spec.data.train as is. ``TrainData.digest`` is always the sha256 of the rows trained on."""
     want = STAGE_FORMAT[spec.stage]
+    if prepared is None and dataset_digest:
+        return _stored_train_data(spec, dataset_digest, want)
     if prepared is None:
         try:
             from lexforge.data import prepare_dataset  # type: ignore[attr-defined]
@@ -107,6 +111,32 @@ def resolve_train_data(spec, prepared=None) -> TrainData:
     if fmt != want:
         raise DataError(f"stage={spec.stage} needs {want} rows but {path} holds {fmt} rows")
     return TrainData(format=fmt, train_path=path, digest=digest, source=source)
+
+
+def _stored_train_data(spec, digest: str, want: str) -> TrainData:
+    """The train split stored under ``digest`` (content addressed), copied locally and verified."""
+    from lexforge.config import lexforge_home
+    from lexforge.data.store import fetch_dataset
+    from lexforge.storage import store_for_spec
+    from lexforge.storage.layout import DatasetLayout
+
+    store = store_for_spec(spec)
+    layout = DatasetLayout(digest)
+    try:
+        lineage = json.loads(store.get_bytes(layout.lineage))
+    except FileNotFoundError:
+        raise DataError(f"dataset {digest} has no lineage in {store.url(layout.root)}: prepare it first "
+                        "(`lexforge data sanitize`) or drop the dataset digest to prepare data.train") from None
+    fmt = lineage.get("format")
+    if fmt != want:
+        raise DataError(f"stage={spec.stage} needs {want} rows but dataset {digest} holds {fmt} rows")
+    local = store.local_path(layout.data)
+    if local is None or not local.is_file():
+        try:
+            local = fetch_dataset(store, digest, lexforge_home() / "cache" / "datasets" / digest / "data.jsonl")
+        except FileNotFoundError:
+            raise DataError(f"dataset {digest} not found in {store.url(layout.root)}") from None
+    return TrainData(format=fmt, train_path=str(local), digest=digest, source=f"store:{digest}")
 
 
 def _local_train_path(spec) -> str:

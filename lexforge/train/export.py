@@ -1,4 +1,5 @@
-"""Final outputs: a PEFT adapter or full safetensors weights (+ lineage.json) and LoRA merge for export."""
+"""Final outputs: a PEFT adapter or full safetensors weights (+ lineage.json) and LoRA merge for export.
+Where an output lives in the store is :class:`lexforge.storage.layout.RunLayout` (``output``)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-
-def output_key(run_name: str) -> str:
-    return f"runs/{run_name}/output"
+from lexforge.storage.layout import OUTPUT_LINEAGE_NAME
 
 
-def write_output(strategy, tokenizer, spec, lineage: dict, local_dir: Path) -> Path | None:
+def write_output(strategy, tokenizer, spec, lineage, local_dir: Path) -> Path | None:
     """Gather the full state dict (collective) and, on rank 0, save it in HF/PEFT format into ``local_dir``."""
     sd = strategy.full_state_dict()
     if sd is None:
@@ -26,20 +25,8 @@ def write_output(strategy, tokenizer, spec, lineage: dict, local_dir: Path) -> P
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.save_pretrained(local_dir, state_dict=sd, safe_serialization=True)
     tokenizer.save_pretrained(local_dir)
-    (local_dir / "lineage.json").write_text(json.dumps(lineage, indent=2, default=str))
+    (local_dir / OUTPUT_LINEAGE_NAME).write_bytes(lineage.to_json())
     return local_dir
-
-
-def publish_output(store, run_name: str, local_dir: Path) -> str:
-    """Copy a finished output directory into the store (lineage.json last, so its presence means complete)."""
-    key = output_key(run_name)
-    if getattr(store, "local_path", None) and store.local_path(key) == Path(local_dir):
-        return store.url(key)
-    store.delete_prefix(key)
-    files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
-    for p in sorted(files, key=lambda p: p.name == "lineage.json"):
-        store.put_file(f"{key}/{p.relative_to(local_dir).as_posix()}", p)
-    return store.url(key)
 
 
 def merge_adapter(base_model: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:

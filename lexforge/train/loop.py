@@ -8,7 +8,6 @@ preemption watcher), and rank-0 reporting (progress.json + MLflow).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,26 +16,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lexforge.config import spec_from_dict
+from lexforge.config import lexforge_home, spec_from_dict
 from lexforge.storage import store_for_spec
+from lexforge.storage.records import Lineage, Progress, RunRecords, RunResult
 from lexforge.train.checkpoint import CheckpointManager
 from lexforge.train.data import BatchPlan, TrainData, read_clean_rows, tokenize_rows
+from lexforge.train.export import write_output
+from lexforge.train.lineage import close_segments
 from lexforge.train.metrics import TrainMetrics
-from lexforge.train.export import output_key, publish_output, write_output
 from lexforge.train.model import (build_policy, build_reference, build_tokenizer, check_method_supported,
                                   resolve_attn_implementation, resolve_precision)
 from lexforge.train.preemption import PreemptionWatcher
 from lexforge.train.recipes import build_recipe
 from lexforge.train.strategy import build_scheduler, build_strategy
 from lexforge.train.tracking import MetricLogger
-
-
-def progress_key(run_name: str) -> str:
-    return f"runs/{run_name}/progress.json"
-
-
-def result_key(run_name: str) -> str:
-    return f"runs/{run_name}/result.json"
 
 
 @dataclass
@@ -68,10 +61,9 @@ def worker_context(spec) -> WorkerContext:
 
 @dataclass
 class Reporter:
-    """Rank-0 progress: progress.json in the store (throttled) and MLflow metrics every N steps."""
+    """Rank-0 progress: the run's Progress record in the store (throttled) and MLflow metrics every N steps."""
 
-    store: object
-    run_name: str
+    records: RunRecords
     total_steps: int
     rank: int
     metrics: MetricLogger
@@ -80,7 +72,7 @@ class Reporter:
     started: float = field(default_factory=time.monotonic)
     last_write: float = 0.0
 
-    def step(self, step: int, loss: float, stats: dict, force: bool = False, status: str = "running") -> None:
+    def step(self, step: int, loss: float, stats: dict, trained_tokens: int, force: bool = False) -> None:
         if self.rank != 0:
             return
         done = step - self.start_step
@@ -90,13 +82,14 @@ class Reporter:
             self.metrics.log({"loss": loss, **stats}, step)
         if force or time.monotonic() - self.last_write >= 1.0:
             self.last_write = time.monotonic()
-            self.write({"step": step, "total_steps": self.total_steps, "loss": loss,
-                        "tokens_per_s": stats.get("tokens_per_s"), "eta_s": eta, "status": status,
-                        "updated_at": time.time()})
+            self.write(Progress(step=step, total_steps=self.total_steps, loss=loss,
+                                tokens_per_s=stats.get("tokens_per_s"), trained_tokens=trained_tokens, eta_s=eta))
 
-    def write(self, payload: dict) -> None:
+    def write(self, p: Progress) -> None:
+        if self.rank != 0:
+            return
         try:
-            self.store.put_bytes(progress_key(self.run_name), json.dumps(payload).encode())
+            self.records.write_progress(p)
         except Exception:  # noqa: BLE001 - progress is best effort
             pass
 
@@ -108,7 +101,8 @@ class Trainer:
         self.ctx = ctx = worker_context(spec)
         check_method_supported(spec, ctx.device.type)
         self.store = store_for_spec(spec)
-        self.lineage = config["lineage"]
+        self.records = RunRecords(self.store, spec.name)
+        self.lineage = Lineage.model_validate(config["lineage"])
         base = config["base_model"]
         precision = resolve_precision(spec, ctx.device.type)
         attn = resolve_attn_implementation(spec, ctx.device.type)
@@ -132,14 +126,15 @@ class Trainer:
         self.recipe = build_recipe(spec, self.tokenizer, self.strategy, ctx.device, reference)
         self.metrics = MetricLogger(config.get("mlflow_uri"), config.get("mlflow_run_id")) if ctx.rank == 0 \
             else MetricLogger(None, None)
-        self.preemption = PreemptionWatcher(self.store, spec.name, ctx.rank)
+        self.preemption = PreemptionWatcher(self.records, ctx.rank)
         self.ckpt = CheckpointManager(spec, self.store, self.strategy, self.scheduler, rank=ctx.rank,
                                       world_size=ctx.world_size, local_rank=ctx.local_rank, lineage=self.lineage,
-                                      data_position=self.plan.position, preemption=self.preemption,
+                                      data_position=self.plan.position, total_steps=self.total_steps,
+                                      preemption=self.preemption,
                                       on_event=self.metrics.event)
         self.metrics_pg = dist.new_group(backend="gloo") if dist.is_initialized() else None
         self.prom = TrainMetrics(spec.name, ctx.rank)
-        self.reporter = Reporter(self.store, spec.name, self.total_steps, ctx.rank, self.metrics, hp.log_every_n_steps)
+        self.reporter = Reporter(self.records, self.total_steps, ctx.rank, self.metrics, hp.log_every_n_steps)
 
     def _global_mean(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64)
@@ -172,16 +167,17 @@ class Trainer:
                  **dict(zip(keys, vals[2:]))}
         return loss, stats
 
-    def run(self) -> dict:
+    def run(self) -> RunResult:
         start = self.ckpt.load()
+        resumed = self.ckpt.resumed_manifest
+        trained_tokens = resumed.trained_tokens if resumed is not None else 0
         self.reporter.start_step = start
         losses: dict[int, float] = {}
         status, loss = "completed", None
         step = start
-        self.reporter.write({"step": start, "total_steps": self.total_steps, "loss": None, "tokens_per_s": None,
-                             "eta_s": None, "status": "running", "updated_at": time.time()}) if self.ctx.rank == 0 else None
+        self.reporter.write(Progress(step=start, total_steps=self.total_steps, trained_tokens=trained_tokens))
         first_step_at = None
-        train_seconds, tokens_total = 0.0, 0.0
+        train_seconds = 0.0
         delay = float(os.environ.get("LEXFORGE_STEP_DELAY_S", "0") or 0)  # drills/benchmarks: stretch tiny steps
         while step < self.total_steps:
             t0 = time.perf_counter()
@@ -193,57 +189,57 @@ class Trainer:
             first_step_at = first_step_at or time.time()
             losses[step] = loss
             train_seconds += step_time
-            tokens_total += stats["tokens"]
-            saved = self.ckpt.save(step, metrics={"loss": loss})
+            trained_tokens += int(round(stats["tokens"]))
+            saved = self.ckpt.save(step, metrics={"loss": loss}, trained_tokens=trained_tokens)
             self.prom.record(stats["tokens"] / self.ctx.world_size / step_time, step_time,
                              self.ckpt.stats.last_stall_s if saved else None)
             stats.update(step_time_s=step_time, tokens_per_s=stats["tokens"] / step_time,
                          checkpoint_stall_s=self.ckpt.stats.last_stall_s)
-            self.reporter.step(step, loss, stats, force=step == self.total_steps)
+            self.reporter.step(step, loss, stats, trained_tokens, force=step == self.total_steps)
             if self.ckpt.preempted:
                 status = "preempted"
                 break
         if status == "completed":
-            self.ckpt.save(step, final=True, metrics={"loss": loss} if loss is not None else None)
+            self.ckpt.save(step, final=True, metrics={"loss": loss} if loss is not None else None,
+                           trained_tokens=trained_tokens)
         self.ckpt.close()
-        result = {"status": status, "steps": step, "total_steps": self.total_steps, "final_loss": loss,
-                  "losses": losses, "train_seconds": train_seconds, "tokens_total": tokens_total,
-                  "checkpoint_saves": self.ckpt.stats.saves, "resumed_from_step": self.ckpt.resumed_from, "first_step_at": first_step_at,
-                  "checkpoint_stall_s": self.ckpt.stats.total_stall_s, "committed_steps": self.ckpt.stats.committed_steps,
-                  "preemption_reason": self.preemption.reason, "lineage": self.lineage,
-                  "is_adapter": self.spec.method in ("lora", "qlora"), "base_model": self.config["base_model"],
-                  "world_size": self.ctx.world_size, "sigterm_handler": self.preemption.handler}
+        lineage = close_segments(self.ckpt.lineage, step)
+        result = RunResult(
+            status=status, steps=step, total_steps=self.total_steps, final_loss=loss, losses=losses,
+            train_seconds=train_seconds, trained_tokens=trained_tokens, checkpoint_saves=self.ckpt.stats.saves,
+            resumed_from_step=self.ckpt.resumed_from, first_step_at=first_step_at,
+            checkpoint_stall_s=self.ckpt.stats.total_stall_s, committed_steps=self.ckpt.stats.committed_steps,
+            preemption_reason=self.preemption.reason, lineage=lineage,
+            is_adapter=self.spec.method in ("lora", "qlora"), base_model=self.config["base_model"],
+            world_size=self.ctx.world_size, sigterm_handler=self.preemption.handler)
         if status == "completed":
-            result["output_uri"] = self._export()
+            result.output_uri = self._export(lineage)
         if self.ctx.rank == 0:
-            self.reporter.write({"step": step, "total_steps": self.total_steps, "loss": loss, "tokens_per_s": None,
-                                 "eta_s": 0 if status == "completed" else None, "status": status,
-                                 "updated_at": time.time()})
-            self.store.put_bytes(result_key(self.spec.name), json.dumps(result, default=str).encode())
+            self.reporter.write(Progress(step=step, total_steps=self.total_steps, loss=loss,
+                                         trained_tokens=trained_tokens, eta_s=0 if status == "completed" else None,
+                                         status=status))
+            self.records.write_result(result)
         return result
 
-    def _export(self) -> str:
-        key = output_key(self.spec.name)
-        if hasattr(self.store, "local_path"):
-            local = Path(self.store.local_path(key)).with_name("output.partial")
+    def _export(self, lineage: Lineage) -> str:
+        """Write the final adapter/weights (+ lineage.json) and publish them as the run's output."""
+        in_store = self.store.local_path(self.records.layout.output)
+        if in_store is not None:
+            staging = Path(in_store).with_name("output.partial")
         else:
-            from lexforge.config import lexforge_home
-
-            local = lexforge_home() / "cache" / "outputs" / self.spec.name
-        out = write_output(self.strategy, self.tokenizer, self.spec, self.lineage, local)
-        uri = self.store.url(key)
+            staging = lexforge_home() / "cache" / "outputs" / self.spec.name
+        out = write_output(self.strategy, self.tokenizer, self.spec, lineage, staging)
         if out is not None:
-            if hasattr(self.store, "local_path"):
+            if in_store is not None:
                 import shutil
 
-                final = Path(self.store.local_path(key))
-                shutil.rmtree(final, ignore_errors=True)
-                os.replace(out, final)
+                shutil.rmtree(in_store, ignore_errors=True)
+                os.replace(out, in_store)
             else:
-                publish_output(self.store, self.spec.name, out)
+                self.records.publish_output(out)
         if dist.is_initialized():
             dist.barrier(group=self.metrics_pg)
-        return uri
+        return self.records.output_uri()
 
 
 def train_worker(config: dict) -> None:

@@ -5,8 +5,9 @@ Sources of a stop request, checked at every step boundary:
 
 * SIGTERM delivered to a training worker (k8s pod eviction, spot reclaim). Ray runs the train function in a
   thread, so the handler is installed in the worker actor's main thread through the actor's ``execute``.
-* ``runs/<name>/control/preempt.json`` in the store, written by the driver when *it* receives SIGTERM
-  (``lexforge train`` / the Ray job entrypoint), checked by rank 0 every few seconds.
+* the run's stop request in the store (:meth:`lexforge.storage.records.RunRecords.request_stop`), written by
+  the driver when *it* receives SIGTERM (``lexforge train`` / the Ray job entrypoint), checked by rank 0 every
+  few seconds.
 * ``LEXFORGE_PREEMPT_AT_STEP=N`` (preemption drill for tests/benchmarks: behaves exactly like a SIGTERM
   arriving during step N).
 
@@ -15,7 +16,6 @@ The per-rank flags are combined with an all-reduce (MAX) by the checkpoint manag
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -49,22 +49,9 @@ def install_worker_sigterm_handler() -> str:
         return f"unavailable ({type(e).__name__})"
 
 
-def control_key(run_name: str) -> str:
-    return f"runs/{run_name}/control/preempt.json"
-
-
-def request_stop(store, run_name: str, reason: str = "SIGTERM") -> None:
-    """Ask a running job to checkpoint at the next step boundary and exit (used by the driver)."""
-    store.put_bytes(control_key(run_name), json.dumps({"reason": reason, "at": time.time()}).encode())
-
-
-def clear_stop(store, run_name: str) -> None:
-    store.delete(control_key(run_name))
-
-
 class PreemptionWatcher:
-    def __init__(self, store, run_name: str, rank: int, check_every_s: float = 2.0):
-        self.store, self.run_name, self.rank = store, run_name, rank
+    def __init__(self, records, rank: int, check_every_s: float = 2.0):
+        self.records, self.rank = records, rank
         self.check_every_s = check_every_s
         self._last_check = 0.0
         self._store_flag = False
@@ -83,7 +70,7 @@ class PreemptionWatcher:
         if self.rank == 0 and not self._store_flag and time.monotonic() - self._last_check >= self.check_every_s:
             self._last_check = time.monotonic()
             try:
-                self._store_flag = self.store.exists(control_key(self.run_name))
+                self._store_flag = self.records.stop_requested()
             except Exception:  # noqa: BLE001 - a flaky store read must not kill training
                 self._store_flag = False
             if self._store_flag:

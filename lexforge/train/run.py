@@ -6,7 +6,6 @@ running the same command again). A completed run is not retrained: its result is
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -17,13 +16,12 @@ from typing import Any, Callable
 
 from lexforge.config import JobSpec, lexforge_home
 from lexforge.storage import store_for_spec
-from lexforge.train.data import resolve_train_data
-from lexforge.train.export import output_key
-from lexforge.train.lineage import build_lineage
-from lexforge.train.loop import progress_key, result_key, train_worker
-from lexforge.train.model import SetupError
-from lexforge.train.preemption import clear_stop, request_stop
+from lexforge.storage.records import Lineage, RunRecords, RunResult
 from lexforge.train import tracking
+from lexforge.train.data import resolve_train_data
+from lexforge.train.lineage import SpecChanged, build_lineage, resumed_lineage
+from lexforge.train.loop import train_worker
+from lexforge.train.model import SetupError
 
 #: env vars forwarded to Ray Train workers (never credentials: those come from the cluster's environment).
 FORWARD_ENV = ("LEXFORGE_HOME", "LEXFORGE_PREEMPT_AT_STEP", "LEXFORGE_STEP_DELAY_S", "LEXFORGE_S3_ENDPOINT_URL", "HF_HUB_OFFLINE",
@@ -35,6 +33,8 @@ FORWARD_ENV = ("LEXFORGE_HOME", "LEXFORGE_PREEMPT_AT_STEP", "LEXFORGE_STEP_DELAY
 
 @dataclass
 class TrainResult:
+    """The driver's view of a finished run: its :class:`RunResult` record plus where the output is locally."""
+
     run_name: str
     output_dir: Path
     output_uri: str
@@ -47,7 +47,21 @@ class TrainResult:
     lineage: dict
     status: str = "completed"  # "completed" | "preempted" (re-run the same spec to resume)
     losses: dict[int, float] = field(default_factory=dict)
+    trained_tokens: int = 0
     details: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, run_name: str, r: RunResult, output_dir: Path | None) -> "TrainResult":
+        return cls(
+            run_name=run_name, output_dir=Path(output_dir) if output_dir else Path(), output_uri=r.output_uri,
+            is_adapter=r.is_adapter, base_model=r.base_model, steps=r.steps, final_loss=r.final_loss,
+            resumed_from_step=r.resumed_from_step, mlflow_run_id=r.mlflow_run_id,
+            lineage=r.lineage.model_dump(mode="json") if r.lineage else {}, status=r.status,
+            losses=dict(r.losses), trained_tokens=r.trained_tokens,
+            details=r.model_dump(mode="json", include={
+                "checkpoint_stall_s", "checkpoint_saves", "train_seconds", "committed_steps", "preemption_reason",
+                "first_step_at", "total_steps", "world_size", "sigterm_handler"}),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,6 +89,20 @@ def validate_for_launch(spec: JobSpec) -> None:
         raise SetupError("method=qlora with strategy=fsdp is not supported; use ddp or deepspeed-zero2")
     if spec.stage == "grpo" and spec.hyperparams.per_device_batch_size * spec.hyperparams.grpo_num_generations > 256:
         raise SetupError("per_device_batch_size * grpo_num_generations > 256 sequences per micro-batch; lower one")
+
+
+def check_resume(spec: JobSpec, records: RunRecords, lineage: Lineage) -> None:
+    """Fail before any GPU work when the run's checkpoints were trained with other settings (the workers check
+    again with the exact step count)."""
+    latest = records.latest()
+    if latest is None:
+        return
+    total = spec.hyperparams.max_steps or latest.step + 1  # epochs: only the workers know the step count
+    try:
+        resumed_lineage(latest.lineage, lineage, latest.step, total_steps=total,
+                        continuation=spec.checkpoint.on_spec_change == "continue")
+    except SpecChanged as e:
+        raise SetupError(str(e)) from None
 
 
 def build_scaling_config(spec: JobSpec):
@@ -136,10 +164,10 @@ def ensure_ray(spec: JobSpec) -> None:
 
 
 class ProgressPoller:
-    """Reads runs/<name>/progress.json from the store and calls ``on_progress`` when it changes."""
+    """Reads the run's Progress record from the store and calls ``on_progress`` (with its dict) when it changes."""
 
-    def __init__(self, store, run_name: str, on_progress: Callable[[dict], None] | None, every_s: float = 1.0):
-        self.store, self.run_name, self.cb, self.every_s = store, run_name, on_progress, every_s
+    def __init__(self, records: RunRecords, on_progress: Callable[[dict], None] | None, every_s: float = 1.0):
+        self.records, self.cb, self.every_s = records, on_progress, every_s
         self._stop = threading.Event()
         self._last = None
         self._thread = threading.Thread(target=self._loop, daemon=True, name="lexforge-progress")
@@ -159,13 +187,13 @@ class ProgressPoller:
         if not self.cb:
             return
         try:
-            raw = self.store.get_bytes(progress_key(self.run_name))
+            p = self.records.read_progress()
         except Exception:  # noqa: BLE001
             return
-        if raw != self._last:
-            self._last = raw
+        if p is not None and p != self._last:
+            self._last = p
             try:
-                self.cb(json.loads(raw))
+                self.cb(p.model_dump(mode="json"))
             except Exception:  # noqa: BLE001 - a UI callback must not break training
                 pass
 
@@ -177,12 +205,12 @@ class ProgressPoller:
 class DriverSigterm:
     """On SIGTERM to the driver: ask the workers to checkpoint at the next step boundary and exit cleanly."""
 
-    def __init__(self, store, run_name: str):
-        self.store, self.run_name, self.prev, self.received = store, run_name, None, False
+    def __init__(self, records: RunRecords):
+        self.records, self.prev, self.received = records, None, False
 
     def _handler(self, signum, frame) -> None:
         self.received = True
-        request_stop(self.store, self.run_name, reason=f"driver signal {signum}")
+        self.records.request_stop(reason=f"driver signal {signum}")
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -197,90 +225,66 @@ class DriverSigterm:
 # ---- entry --------------------------------------------------------------------------------------------------
 
 
-def _read_result(store, run_name: str) -> dict | None:
-    try:
-        return json.loads(store.get_bytes(result_key(run_name)))
-    except (FileNotFoundError, ValueError):
-        return None
+def _local_output(records: RunRecords) -> Path:
+    return records.local_output(lexforge_home() / "cache" / "run-outputs" / records.run)
 
 
-def _local_output(store, run_name: str) -> Path:
-    key = output_key(run_name)
-    if hasattr(store, "local_path"):
-        return Path(store.local_path(key))
-    dest = lexforge_home() / "runs" / run_name / "output"
-    for k in store.list(key + "/"):
-        store.get_file(k, dest / k[len(key) + 1:])
-    return dest
+def run_training(spec: JobSpec, prepared=None, on_progress: Callable[[dict], None] | None = None,
+                 dataset_digest: str | None = None) -> TrainResult:
+    """Train ``spec`` on Ray Train; resumes if the run already has committed checkpoints.
 
-
-def _to_result(spec: JobSpec, store, res: dict, run_id: str | None) -> TrainResult:
-    status = res["status"]
-    out_dir = _local_output(store, spec.name) if status == "completed" else Path()
-    return TrainResult(
-        run_name=spec.name, output_dir=out_dir, output_uri=res.get("output_uri", ""), is_adapter=res["is_adapter"],
-        base_model=res["base_model"], steps=res["steps"], final_loss=res.get("final_loss"),
-        resumed_from_step=res.get("resumed_from_step"), mlflow_run_id=run_id, lineage=res["lineage"], status=status,
-        losses={int(k): v for k, v in res.get("losses", {}).items()},
-        details={k: res.get(k) for k in ("checkpoint_stall_s", "checkpoint_saves", "train_seconds", "tokens_total",
-                                          "committed_steps", "preemption_reason",
-                                          "first_step_at", "total_steps", "world_size", "sigterm_handler")},
-    )
-
-
-def run_training(spec: JobSpec, prepared=None, on_progress: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train ``spec`` on Ray Train; resumes if the run already has committed checkpoints."""
+    The training rows are ``prepared`` (a :class:`lexforge.data.PreparedDataset`), else the stored dataset
+    ``dataset_digest`` (the train split a flow's sanitize step already prepared), else ``spec.data.train``
+    prepared here."""
     from lexforge.models import resolve_model_path
 
     validate_for_launch(spec)
     base = resolve_model_path(spec.model.base)
-    data = resolve_train_data(spec, prepared)
-    store = store_for_spec(spec)
-    lineage = build_lineage(spec, base, data)
-    done = _read_result(store, spec.name)
-    if done and done.get("status") == "completed" and done.get("lineage", {}).get("spec_hash") == spec.spec_hash():
-        return _to_result(spec, store, done, done.get("mlflow_run_id"))
-    clear_stop(store, spec.name)
-    store.delete(result_key(spec.name))
+    data = resolve_train_data(spec, prepared, dataset_digest=dataset_digest)
+    records = RunRecords(store_for_spec(spec), spec.name)
+    lineage = build_lineage(spec, base, data.digest, data.format)
+    done = records.read_result()
+    if done and done.status == "completed" and done.lineage and done.lineage.spec_hash == spec.spec_hash():
+        return TrainResult.from_record(spec.name, done, _local_output(records))
+    check_resume(spec, records, lineage)
+    records.clear_stop()
+    records.clear_result()
     run_id = tracking.start_run(spec, lineage)
-    config = {"spec": spec.model_dump(mode="json"), "data": data.to_dict(), "base_model": base, "lineage": lineage,
-              "mlflow_uri": tracking.tracking_uri(spec), "mlflow_run_id": run_id}
+    config = {"spec": spec.model_dump(mode="json"), "data": data.to_dict(), "base_model": base,
+              "lineage": lineage.model_dump(mode="json"), "mlflow_uri": spec.tracking.resolved_uri(),
+              "mlflow_run_id": run_id}
     ensure_ray(spec)
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(train_worker, train_loop_config=config, scaling_config=build_scaling_config(spec),
                            torch_config=build_torch_config(spec), run_config=build_run_config(spec))
-    status = "failed"
-    res = None
+    res: RunResult | None = None
+    out: Path | None = None
     try:
-        with DriverSigterm(store, spec.name), ProgressPoller(store, spec.name, on_progress):
+        with DriverSigterm(records), ProgressPoller(records, on_progress):
             trainer.fit()
-        res = _read_result(store, spec.name)
+        res = records.read_result()
         if res is None:
-            raise TrainingFailed(f"run {spec.name!r} finished without writing {result_key(spec.name)}")
-        res["mlflow_run_id"] = run_id
-        store.put_bytes(result_key(spec.name), json.dumps(res, default=str).encode())
-        status = res["status"]
-        result = _to_result(spec, store, res, run_id)
-        return result
+            raise TrainingFailed(f"run {spec.name!r} finished without writing {records.layout.result}")
+        res.mlflow_run_id = run_id
+        records.write_result(res)
+        out = _local_output(records) if res.status == "completed" else None
+        return TrainResult.from_record(spec.name, res, out)
     finally:
-        clear_stop(store, spec.name)
+        records.clear_stop()
         try:
-            out = _local_output(store, spec.name) if status == "completed" else None
-            tracking.finish_run(spec, run_id, status, out, res)
+            tracking.finish_run(spec, run_id, res.status if res else "failed", out, res)
         except Exception:  # noqa: BLE001 - never mask the training outcome
             pass
 
 
 def wait_for_progress(store, run_name: str, min_step: int, timeout: float = 120.0) -> dict:
-    """Test/bench helper: block until progress.json reports at least ``min_step``."""
+    """Test/bench helper: block until the run's progress reports at least ``min_step``."""
+    records = RunRecords(store, run_name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            p = json.loads(store.get_bytes(progress_key(run_name)))
-            if (p.get("step") or 0) >= min_step:
-                return p
-        except (FileNotFoundError, ValueError):
-            pass
+        p = records.read_progress()
+        if p is not None and p.step >= min_step:
+            return p.model_dump(mode="json")
         time.sleep(0.2)
     raise TimeoutError(f"run {run_name} did not reach step {min_step} in {timeout}s")

@@ -15,10 +15,6 @@ from pathlib import Path
 RUN_TAG = "lexforge.run_name"
 
 
-def tracking_uri(spec) -> str | None:
-    return spec.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
-
-
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -35,9 +31,19 @@ def system_info() -> dict[str, str]:
     return info
 
 
-def start_run(spec, lineage: dict) -> str | None:
+def lineage_tags(lineage) -> dict[str, str]:
+    """MLflow tags of a Lineage record (the segment chain as JSON under ``lineage.segments``)."""
+    import json
+
+    d = lineage.model_dump(mode="json")
+    tags = {f"lineage.{k}": str(v) for k, v in d.items() if k not in ("training", "segments")}
+    tags["lineage.segments"] = json.dumps(d["segments"])
+    return tags
+
+
+def start_run(spec, lineage) -> str | None:
     """Create or reopen the MLflow run of ``spec.name``; log params + lineage tags. Returns the run id."""
-    uri = tracking_uri(spec)
+    uri = spec.tracking.resolved_uri()
     if not uri:
         return None
     c = _client(uri)
@@ -59,8 +65,8 @@ def start_run(spec, lineage: dict) -> str | None:
     items = [Param(k[:250], str(v)[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         c.log_batch(run_id, params=items[i:i + 100])
-    for k, v in lineage.items():
-        c.set_tag(run_id, f"lineage.{k}", str(v))
+    for k, v in lineage_tags(lineage).items():
+        c.set_tag(run_id, k, v)
     return run_id
 
 
@@ -97,14 +103,19 @@ class MetricLogger:
             self.errors += 1
 
 
-def finish_run(spec, run_id: str | None, status: str, output_dir: Path | None = None, result: dict | None = None) -> None:
-    uri = tracking_uri(spec)
+def finish_run(spec, run_id: str | None, status: str, output_dir: Path | None = None, result=None) -> None:
+    """Close the MLflow run: the output as artifacts, the outcome and the final lineage (segments) as tags."""
+    uri = spec.tracking.resolved_uri()
     if not uri or not run_id:
         return
     c = _client(uri)
     if output_dir is not None and Path(output_dir).is_dir():
         c.log_artifacts(run_id, str(output_dir), artifact_path="output")
-    if result:
-        c.set_tag(run_id, "lexforge.output_uri", str(result.get("output_uri", "")))
+    if result is not None:
+        c.set_tag(run_id, "lexforge.output_uri", result.output_uri)
         c.set_tag(run_id, "lexforge.status", status)
+        c.set_tag(run_id, "lexforge.trained_tokens", str(result.trained_tokens))
+        if result.lineage is not None:
+            for k, v in lineage_tags(result.lineage).items():
+                c.set_tag(run_id, k, v)
     c.set_terminated(run_id, status={"completed": "FINISHED", "preempted": "KILLED"}.get(status, "FAILED"))
