@@ -1,13 +1,14 @@
 """lexforge command line. Subcommands of each engine area are registered by that area's ``cli`` module
 (a ``register(app)`` function), so this file stays small and knows nothing of their internals.
+
+The control plane (Prefect-side commands in ``flows.cli``, the fine-tuning API in ``api.cli``) plugs in through
+the ``lexforge.commands`` entry point group declared in pyproject.toml: the engine never imports it.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -27,24 +28,26 @@ models_app = typer.Typer(help="Base models (embedded default: SmolLM2-135M-Instr
 app.add_typer(models_app, name="models")
 
 # Engine areas that contribute subcommands via ``register(app)``.
-_PLUGINS = [
+_ENGINE_COMMANDS = [
     "lexforge.data.cli",
     "lexforge.train.cli",
     "lexforge.evaluate.cli",
     "lexforge.registry.cli",
     "lexforge.serve.cli",
     "lexforge.plan.cli",
-    "lexforge.api.cli",
-    "flows.cli",  # Prefect-side commands (deploy-flows, worker, jobs) live with the flows
     "lexforge.demo",
 ]
+#: Entry point group of commands from outside the engine (``register(app)`` callables).
+COMMANDS_GROUP = "lexforge.commands"
 
 
 def _register_plugins() -> None:
-    for name in _PLUGINS:
-        if importlib.util.find_spec(name) is None:
-            continue
+    from importlib.metadata import entry_points
+
+    for name in _ENGINE_COMMANDS:
         importlib.import_module(name).register(app)
+    for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        ep.load()(app)
 
 
 # ---- embedded stack -----------------------------------------------------------------------------------------

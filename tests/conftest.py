@@ -152,3 +152,38 @@ def ray_local(lexforge_home):
 @pytest.fixture(scope="session")
 def python_exe() -> str:
     return sys.executable
+
+
+SERVE_KEY = "sk-serve-inference-0123456789"
+SERVE_ADMIN_KEY = "sk-serve-admin-0123456789ab"
+
+
+@pytest.fixture(scope="session")
+def serve_base(lexforge_home) -> Path:
+    """A tiny Llama that vLLM's CPU kernels accept (head_dim >= 32), registered under $LEXFORGE_HOME/models."""
+    return build_tiny_llama(lexforge_home / "models" / "tiny-llama-hd32", hidden_size=64, num_heads=2,
+                            num_kv_heads=1)
+
+
+@pytest.fixture(scope="session")
+def serve_app(serve_base, ray_head, mlflow_server, tmp_path_factory):
+    """The session's one serving app: `lexforge serve` (Ray Serve + vLLM CPU) on the Ray head, the tiny base model,
+    registry versions resolved from the session's MLflow. Yields its base URL; stopped by process group."""
+    d = tmp_path_factory.mktemp("serve_app")
+    spec = d / "serve.yaml"
+    spec.write_text(f"name: serve-app\ndata: {{train: '-'}}\nmodel: {{base: {serve_base}, dtype: float32}}\n"
+                    "serve: {max_model_len: 256, max_loras: 2, max_lora_rank: 8}\n"
+                    f"tracking: {{mlflow_uri: '{mlflow_server}'}}\n", encoding="utf-8")
+    port = free_port()
+    log = d / "serve.log"
+    gcs, _ = ray_head
+    env = {"LEXFORGE_API_KEYS": SERVE_KEY, "LEXFORGE_ADMIN_API_KEYS": SERVE_ADMIN_KEY, "RAY_ADDRESS": gcs,
+           "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = spawn([bin_path("lexforge"), "serve", str(spec), "--champion", "none", "--port", str(port),
+                  "--accelerator", "cpu", "--max-num-seqs", "4"], log, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", timeout=600, proc=proc, log_path=log)
+        yield url
+    finally:
+        stop_group(proc.pid)

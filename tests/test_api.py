@@ -28,23 +28,26 @@ SAMPLE = ROOT / "lexforge" / "samples" / "data" / "legal_qa.jsonl"
 TEST_FLOW = "api-test-retrain"
 TEST_DEPLOYMENT = "api-test"
 
-# A stand-in for the retrain deployment: it receives the JobSpec exactly as the real one does, writes the
-# store layout of docs/dev/CONTRACTS.md (progress.json, checkpoint manifests, a real PEFT adapter as output)
-# and logs through Prefect. Its behaviour is picked by the job suffix (slow -> cancellable, boom -> fails).
+# A stand-in for the retrain deployment: it receives the JobSpec exactly as the real one does and writes the
+# run's records with the real writers (lexforge.storage.records: Progress, Manifest, RunResult, the output,
+# the registration), so the API's readers are checked against what the trainer and the registry really write.
+# It logs through Prefect. Its behaviour is picked by the job suffix (slow -> cancellable, boom -> fails).
 FLOW_SCRIPT = textwrap.dedent('''
-    import json, time
+    import json, os, tempfile, time
+    from pathlib import Path
     from prefect import flow, get_run_logger
 
     @flow(name="%(flow)s")
     def retrain(spec_path: str, overrides: list[str] | None = None, train_retries: int = 2, deploy: bool = True):
         from lexforge.config import load_spec
         from lexforge.storage import store_for_spec
+        from lexforge.storage.records import (Lineage, Manifest, Progress, Registration, RunRecords,
+                                              RunResult)
 
         logger = get_run_logger()
         s = load_spec(spec_path, overrides)
-        store = store_for_spec(s)
-        store.put_bytes(f"runs/{s.name}/received_spec.json", json.dumps(
-            {"spec": s.model_dump(mode="json"), "deploy": deploy}).encode())
+        received = Path(os.environ["TEST_RECEIVED_DIR"]) / f"{s.name}.json"
+        received.write_text(json.dumps({"spec": s.model_dump(mode="json"), "deploy": deploy}))
         logger.info("training %%s from %%s", s.name, s.data.train)
         suffix = s.tags.get("api_suffix")
         if suffix == "boom":
@@ -52,29 +55,33 @@ FLOW_SCRIPT = textwrap.dedent('''
         if suffix == "slow":
             for _ in range(1200):
                 time.sleep(0.25)
-        import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tok = AutoTokenizer.from_pretrained(s.model.base)
-        rows = [json.loads(l) for l in store.get_bytes(s.data.train.split(store.uri + "/", 1)[1]).splitlines()]
-        tokens = sum(len(tok(json.dumps(r))["input_ids"]) for r in rows)
+        records = RunRecords(store_for_spec(s), s.name)
+        lineage = Lineage(run_name=s.name, spec_hash=s.spec_hash(), dataset_digest="0" * 64, base_model=s.model.base,
+                          method=s.method, stage=s.stage, strategy=s.strategy)
+        tokens = 0
+        for step in (1, 2):
+            tokens += 100 * step
+            records.write_progress(Progress(step=step, total_steps=2, loss=3.0 / step, tokens_per_s=100.0,
+                                            trained_tokens=tokens, eta_s=1.0))
+            records.store.put_bytes(records.layout.checkpoint_file(step, "rank_00000.pt"), b"state")
+            records.write_manifest(Manifest(step=step, run=s.name, strategy=s.strategy, world_size=1,
+                                            files={"rank_00000.pt": 5}, lineage=lineage,
+                                            metrics={"loss": 3.0 / step}, trained_tokens=tokens,
+                                            committed_at=time.time()))
+            time.sleep(1.1)  # distinct commit times (whole seconds in the API)
         model = AutoModelForCausalLM.from_pretrained(s.model.base)
         model = get_peft_model(model, LoraConfig(r=s.lora.r, lora_alpha=s.lora.alpha, target_modules="all-linear"))
-        for step in (1, 2):
-            store.put_bytes(f"runs/{s.name}/progress.json", json.dumps(
-                {"step": step, "total_steps": 2, "loss": 3.0 / step, "tokens_per_s": 100.0, "eta_s": 1.0,
-                 "status": "running"}).encode())
-            store.put_bytes(f"runs/{s.name}/checkpoints/step_{step:08d}/manifest.json", json.dumps(
-                {"step": step, "metrics": {"train_loss": 3.0 / step}, "created_at": time.time()}).encode())
-        import tempfile, pathlib
         with tempfile.TemporaryDirectory() as d:
             model.save_pretrained(d)
-            for p in pathlib.Path(d).rglob("*"):
-                if p.is_file():
-                    store.put_file(f"runs/{s.name}/output/{p.relative_to(d)}", p)
-        store.put_bytes(f"runs/{s.name}/output/lineage.json", json.dumps(
-            {"spec_hash": s.spec_hash(), "trained_tokens": int(tokens * s.hyperparams.epochs)}).encode())
+            (Path(d) / "lineage.json").write_bytes(lineage.to_json())
+            uri = records.publish_output(Path(d))
+        records.write_result(RunResult(status="completed", steps=2, total_steps=2, final_loss=1.5,
+                                       trained_tokens=tokens, lineage=lineage, base_model=s.model.base,
+                                       output_uri=uri))
+        records.write_registration(Registration(name="stand-in-registry", version="1", base_model=s.model.base))
         logger.info("adapter written")
         return {"trained_tokens": tokens}
 
@@ -101,7 +108,7 @@ class ApiServer:
     def __init__(self, settings):
         import uvicorn
 
-        from lexforge.api.app import create_app
+        from api.app import create_app
 
         self.port = free_port()
         self.app = create_app(settings)
@@ -128,8 +135,11 @@ def flow_runner(prefect_server, lexforge_home, tmp_path_factory):
     d = tmp_path_factory.mktemp("api_flow")
     script = d / "api_test_flow.py"
     script.write_text(FLOW_SCRIPT)
+    received = d / "received"
+    received.mkdir()
     env = {"PREFECT_API_URL": prefect_server, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "LEXFORGE_HOME": str(lexforge_home)}
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "LEXFORGE_HOME": str(lexforge_home),
+           "TEST_RECEIVED_DIR": str(received)}
     proc = spawn([sys.executable, str(script)], d / "runner.log", env=env, cwd=str(d))
     try:
         deadline = time.monotonic() + 120
@@ -140,7 +150,7 @@ def flow_runner(prefect_server, lexforge_home, tmp_path_factory):
             assert proc.poll() is None, (d / "runner.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "runner did not create its deployment"
             time.sleep(1)
-        yield proc, d / "runner.log"
+        yield proc, d / "runner.log", received
     finally:
         stop_group(proc.pid)
 
@@ -158,7 +168,7 @@ def base_model(lexforge_home, tiny_model_dir) -> str:
 
 @pytest.fixture(scope="module")
 def api_settings(prefect_server, lexforge_home, tmp_path_factory):
-    from lexforge.api.settings import ApiSettings
+    from api.settings import ApiSettings
 
     d = tmp_path_factory.mktemp("api")
     return ApiSettings(
@@ -210,7 +220,7 @@ def test_requests_without_a_valid_key_are_refused(api, caplog):
 def test_app_refuses_to_start_without_keys(api_settings):
     from dataclasses import replace
 
-    from lexforge.api.app import create_app
+    from api.app import create_app
 
     with pytest.raises(ValueError, match="LEXFORGE_API_KEYS"):
         create_app(replace(api_settings, api_keys=()))
@@ -319,8 +329,10 @@ def test_job_runs_to_success_with_events_checkpoints_and_results(client, base_mo
     assert done.finished_at >= done.created_at and done.error is None
 
     # the flow received the JobSpec built from the request
-    store = Path(api_settings.store_root)
-    received = json.loads((store / "runs" / job.id / "received_spec.json").read_text())
+    from lexforge.storage import open_store
+    from lexforge.storage.records import RunRecords
+
+    received = json.loads((flow_runner[2] / f"{job.id}.json").read_text())
     spec = received["spec"]
     assert received["deploy"] is False and spec["promotion"]["auto_promote"] is False  # the champion stays put
     assert spec["name"] == job.id and spec["stage"] == "sft" and spec["hyperparams"]["epochs"] == 2
@@ -328,9 +340,9 @@ def test_job_runs_to_success_with_events_checkpoints_and_results(client, base_mo
     assert spec["hyperparams"]["per_device_batch_size"] == 2 and spec["hyperparams"]["seed"] == 7
     assert spec["lora"]["r"] == 4 and spec["data"]["train"].endswith(f"{train.id}.jsonl")
     assert spec["data"]["validation"].endswith(f"{val.id}.jsonl") and done.validation_file == val.id
-    assert (store / "runs" / job.id / "output" / "adapter_config.json").is_file()
-    lineage = json.loads((store / "runs" / job.id / "output" / "lineage.json").read_text())
-    assert done.trained_tokens == lineage["trained_tokens"] > 0
+    records = RunRecords(open_store(api_settings.store_root), job.id)
+    assert "adapter_config.json" in records.output_files()
+    assert done.trained_tokens == records.read_result().trained_tokens == 300  # what was trained, not an estimate
 
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=2))  # SDK pages with `after`
     assert len({e.id for e in events}) == len(events)
@@ -348,6 +360,9 @@ def test_job_runs_to_success_with_events_checkpoints_and_results(client, base_mo
     assert [c.step_number for c in ckpts] == [2, 1]
     assert ckpts[0].metrics.train_loss == pytest.approx(1.5)
     assert ckpts[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-2"
+    committed = {m.step: int(m.committed_at) for m in records.committed()}
+    assert {c.step_number: c.created_at for c in ckpts} == committed  # each checkpoint's own commit time
+    assert ckpts[0].created_at > ckpts[1].created_at >= job.created_at
 
     assert len(done.result_files) == 1
     csv_text = client.files.content(done.result_files[0]).text
@@ -372,7 +387,7 @@ def test_dpo_job_with_method_and_metadata_filter(client, base_model, flow_runner
     assert [j.id for j in client.fine_tuning.jobs.list(extra_query={"metadata[matter]": "m-42"})] == [job.id]
     done = wait_status(client, job.id, {"succeeded", "failed", "cancelled"})
     assert done.status == "succeeded", done.error
-    spec = json.loads((Path(api_settings.store_root) / "runs" / job.id / "received_spec.json").read_text())["spec"]
+    spec = json.loads((flow_runner[2] / f"{job.id}.json").read_text())["spec"]
     assert spec["stage"] == "dpo" and spec["hyperparams"]["dpo_beta"] == pytest.approx(0.2)
     assert spec["data"]["format"] == "preference"
 
@@ -458,143 +473,13 @@ def test_state_survives_a_restart(api, api_settings, base_model):
         api.__init__(api_settings)  # later tests (if any) get a running server again
 
 
-# ---- the fine-tuned model is served: chat through the same client ------------------------------------------
-
-SERVE_KEY = "sk-serve-inference-0123456789"
-SERVE_ADMIN_KEY = "sk-serve-admin-0123456789ab"
-
-
-@pytest.fixture(scope="module")
-def serve_base(lexforge_home) -> str:
-    """A tiny Llama that vLLM's CPU kernels accept (head_dim >= 32), registered as a base model."""
-    from lexforge.testing import build_tiny_llama
-
-    path = build_tiny_llama(lexforge_home / "models" / "tiny-llama-hd32", hidden_size=64, num_heads=2, num_kv_heads=1)
-    return path.name
-
-
-@pytest.fixture(scope="module")
-def serve_app(serve_base, lexforge_home):
-    """The real lexforge serving app (Ray Serve + vLLM CPU, local Ray) on that base model."""
-    import ray
-    from ray import serve
-
-    from lexforge.config import spec_from_dict
-    from lexforge.serve import auth
-    from lexforge.serve.app import build_app
-    from lexforge.serve.settings import ChampionSourceConfig, settings_from_spec
-
-    spec = spec_from_dict({"name": "api-serve", "data": {"train": "-"},
-                           "serve": {"max_model_len": 256, "max_loras": 2, "max_lora_rank": 8}})
-    settings = settings_from_spec(
-        spec, base_model=str(lexforge_home / "models" / serve_base), champion=ChampionSourceConfig(kind="none"),
-        api_key_digests=[auth.digest(SERVE_KEY)], admin_key_digests=[auth.digest(SERVE_ADMIN_KEY)],
-        dtype="float32", accelerator="cpu", max_num_seqs=4, num_cpus=1)
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}})
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(settings), name="lexforge", route_prefix="/", blocking=False)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
-
-
-def test_fine_tuned_model_is_served_for_chat(serve_app, serve_base, base_model, api_settings, flow_runner, tmp_path):
-    from dataclasses import replace
-
-    serve_url = serve_app
-    settings = replace(api_settings, db_path=tmp_path / "api.db", serve_url=serve_url,
-                       serve_api_key=SERVE_KEY, serve_admin_key=SERVE_ADMIN_KEY)
-    server = ApiServer(settings)
-    try:
-        client = server.client()
-        train = upload(client, jsonl(chat_rows(5)))
-        job = client.fine_tuning.jobs.create(model=serve_base, training_file=train.id, suffix="chat",
-                                             hyperparameters={"lora_rank": 4})
-        done = wait_status(client, job.id, {"succeeded", "failed", "cancelled"})
-        assert done.status == "succeeded", done.error
-        deadline = time.monotonic() + 300
-        while not any(e.message.startswith(f"Model {done.fine_tuned_model} is available")
-                      for e in client.fine_tuning.jobs.list_events(job.id, limit=100)):
-            assert time.monotonic() < deadline, [e.message for e in client.fine_tuning.jobs.list_events(job.id)]
-            time.sleep(1)
-        assert done.fine_tuned_model in [m.id for m in client.models.list()]
-        reply = client.chat.completions.create(
-            model=done.fine_tuned_model, max_tokens=8, temperature=0,
-            messages=[{"role": "user", "content": "What is the limitation period in tort?"}])
-        assert reply.model == done.fine_tuned_model
-        assert reply.choices[0].message.role == "assistant" and isinstance(reply.choices[0].message.content, str)
-        assert reply.usage.completion_tokens > 0
-        with pytest.raises(openai.NotFoundError):
-            client.chat.completions.create(model=f"{serve_base}:ft-nope", max_tokens=4,
-                                           messages=[{"role": "user", "content": "hi"}])
-
-        # a model fine-tuned from another base is not loaded onto this server's base: the job says why
-        other = client.fine_tuning.jobs.create(model=base_model, training_file=train.id, suffix="other")
-        other = wait_status(client, other.id, {"succeeded", "failed", "cancelled"})
-        assert other.status == "succeeded", other.error
-        deadline = time.monotonic() + 120
-        while True:
-            warns = [e for e in client.fine_tuning.jobs.list_events(other.id, limit=100) if e.level == "warn"]
-            if any("Model not served" in e.message and "base model" in e.message for e in warns):
-                break
-            assert time.monotonic() < deadline, warns
-            time.sleep(1)
-        assert other.fine_tuned_model not in [m.id for m in client.models.list()]
-    finally:
-        server.stop()
-
-
-# ---- Prefect client: transient errors, idempotent create --------------------------------------------------
-
-
-def test_prefect_client_retries_transient_errors(monkeypatch):
-    """A busy Prefect server answers 503 (its database is locked under load): retried with backoff."""
-    import http.server
-    import threading
-
-    from lexforge.api import orchestrator
-    from lexforge.api.orchestrator import OrchestratorError, PrefectJobs
-    from lexforge.testing import free_port
-
-    monkeypatch.setattr(orchestrator.time, "sleep", lambda s: None)
-    hits = {"flaky": 0, "down": 0}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            key = self.path.strip("/")
-            hits[key] += 1
-            ok = key == "flaky" and hits[key] > 2
-            body = b'{"ok": true}' if ok else b'{"exception_message": "Service Unavailable"}'
-            self.send_response(200 if ok else 503)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        jobs = PrefectJobs(f"http://127.0.0.1:{srv.server_address[1]}", "retrain/lexforge")
-        assert jobs._call("GET", "/flaky") == {"ok": True} and hits["flaky"] == 3
-        with pytest.raises(OrchestratorError, match=r"GET /down -> 503: .*Service Unavailable"):
-            jobs._call("GET", "/down")
-        assert hits["down"] == 4
-    finally:
-        srv.shutdown()
+# ---- Prefect client: idempotent create --------------------------------------------------------------------
+# (Chat with a fine-tuned model through this API is tested on the real pipeline: tests/test_api_retrain.py.)
 
 
 def test_create_run_is_idempotent_on_the_job_id(prefect_server, flow_runner):
     """A create_flow_run retried after a lost answer must not start the job twice (real Prefect server)."""
-    from lexforge.api.orchestrator import PrefectJobs
+    from api.orchestrator import PrefectJobs
 
     jobs = PrefectJobs(prefect_server, f"{TEST_FLOW}/{TEST_DEPLOYMENT}")
     params = {"spec_path": "/nonexistent/spec.yaml"}

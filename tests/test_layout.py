@@ -1,6 +1,7 @@
 """Layout rules from DEVELOPERS.md that code review alone would let slip."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +23,8 @@ def test_engine_never_imports_prefect():
     assert not offenders, f"lexforge/ is the engine and must not import prefect: {offenders}"
 
 
-def test_tasks_and_flows_are_prefect_side():
-    for d in ("flows", "tasks"):
+def test_tasks_flows_and_api_are_prefect_side():
+    for d in ("flows", "tasks", "api"):
         files = [p for p in (ROOT / d).glob("*.py") if p.name != "__init__.py"]
         assert files, d
         assert any("prefect" in _imports(p) for p in files), f"{d}/ should hold the Prefect wrappers"
@@ -31,11 +32,44 @@ def test_tasks_and_flows_are_prefect_side():
 
 def test_layout_exists():
     for d in ("lexforge/data", "lexforge/train", "lexforge/evaluate", "lexforge/registry", "lexforge/serve",
-              "lexforge/plan", "lexforge/storage", "lexforge/api", "flows", "tasks", "deployments", "infra",
+              "lexforge/plan", "lexforge/storage", "api", "flows", "tasks", "deployments", "infra",
               "docker", "docs", "tests", "bench"):
         assert (ROOT / d).is_dir(), d
     for f in ("pyproject.toml", "lexforge/cli.py", "lexforge/config.py", "README.md", ".ci/run"):
         assert (ROOT / f).is_file(), f
+
+
+def test_engine_cli_does_not_reach_into_the_control_plane():
+    """lexforge/cli.py gets flows/ and api/ commands from the entry point group, never by importing them."""
+    src = (ROOT / "lexforge" / "cli.py").read_text(encoding="utf-8")
+    assert not {"flows", "api", "tasks"} & _imports(ROOT / "lexforge" / "cli.py")
+    assert '"flows.' not in src and '"api.' not in src
+    toml = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '[project.entry-points."lexforge.commands"]' in toml
+    assert 'orchestration = "flows.cli:register"' in toml and 'api = "api.cli:register"' in toml
+
+
+# One owner per fact: only lexforge/storage/layout.py knows the store layout.
+_LAYOUT_OWNER = ROOT / "lexforge" / "storage" / "layout.py"
+_LAYOUT_LEAKS = {
+    "formats a runs/... or datasets/... store key": re.compile(r"""f?["'](runs|datasets/sha256|api/(files|jobs|results))/"""),
+    "joins a 'runs' path segment": re.compile(r"""/\s*["']runs["']\s*/"""),
+    "knows the step folder name": re.compile(r"""step_(\{|\(\\d|\d{8})|["']step_["']"""),
+    "tests for a local store by attribute": re.compile(r"""(hasattr|getattr)\([^)]*["']local_path["']"""),
+}
+
+
+def test_only_the_layout_module_knows_store_keys():
+    offenders = []
+    for d in ("lexforge", "flows", "tasks", "api", "bench", "tests"):
+        for p in (ROOT / d).rglob("*.py"):
+            if p == _LAYOUT_OWNER or p == Path(__file__):
+                continue
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+                for what, rx in _LAYOUT_LEAKS.items():
+                    if rx.search(line):
+                        offenders.append(f"{p.relative_to(ROOT)}:{i} {what}: {line.strip()[:100]}")
+    assert not offenders, "use lexforge.storage.layout / records instead:\n" + "\n".join(offenders)
 
 
 def test_make_targets_only_call_files_that_exist():

@@ -217,7 +217,7 @@ def register_model(spec, train_result, eval_report, *, set_challenger: bool = Tr
                  name, existing, tags["train.output_uri"] or tags["parent_run_id"])
         if set_challenger and CHAMPION not in aliases and CHALLENGER not in aliases:
             c.set_registered_model_alias(name, CHALLENGER, existing)
-        return get_version(c, name, existing)
+        return _recorded(spec, get_version(c, name, existing))
     run_tags = {"lexforge.kind": "register", "lexforge.spec_hash": tags["spec_hash"]}
     if tags["parent_run_id"]:
         run_tags["lexforge.parent_run_id"] = tags["parent_run_id"]
@@ -251,7 +251,18 @@ def register_model(spec, train_result, eval_report, *, set_challenger: bool = Tr
     if set_challenger:
         c.set_registered_model_alias(name, CHALLENGER, version)
     _audit(c, name, "register", version, None, actor(None), f"registered from run {run_id}", run_id)
-    return get_version(c, name, version)
+    return _recorded(spec, get_version(c, name, version))
+
+
+def _recorded(spec, info: ModelVersionInfo) -> ModelVersionInfo:
+    """Note next to the run which registry version its output became (read by the fine-tuning API)."""
+    from lexforge.storage import store_for_spec
+    from lexforge.storage.records import Registration, RunRecords
+
+    RunRecords(store_for_spec(spec), spec.name).write_registration(Registration(
+        name=info.name, version=info.version, base_model=info.tags.get("base_model", ""),
+        is_adapter=info.tags.get("is_adapter", "true") == "true"))
+    return info
 
 
 # ---- audit --------------------------------------------------------------------------------------------------

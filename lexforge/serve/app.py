@@ -549,12 +549,21 @@ class LexforgeServer:
                 raise APIError(409, f"{reg.name!r} is reserved (base model / stable champion name); "
                                f"use POST /admin/reload-champion to change the champion",
                                "invalid_request_error", "name", "reserved_name")
+            path, version, param = reg.path, reg.version, "path"
+            if reg.model_uri is not None:  # a registry version: the same identity the pipeline evaluated
+                param = "model_uri"
+                try:
+                    path, version = await asyncio.to_thread(self._resolve_registered, reg.model_uri)
+                except Exception as e:  # noqa: BLE001 - the registry's answer is the client's problem to see
+                    raise APIError(422, f"cannot resolve {reg.model_uri}: {e}", "invalid_request_error",
+                                   param, "invalid_adapter")
+                version = reg.version or version
             try:
-                check_adapter_dir(reg.path, self.s.max_lora_rank, self.s.base_model)
+                check_adapter_dir(path, self.s.max_lora_rank, self.s.base_model)
             except AdapterError as e:
-                raise APIError(422, str(e), "invalid_request_error", "path", "invalid_adapter")
+                raise APIError(422, str(e), "invalid_request_error", param, "invalid_adapter")
             async with self._reload_lock:
-                ref = self.table.build(reg.name, reg.path, reg.version or reg.name, source="admin")
+                ref = self.table.build(reg.name, path, version or reg.name, source="admin")
                 await self.engine.load_adapter(ref)
                 old = self.table.put(ref)
                 gen = await self._publish(ref)
@@ -564,6 +573,18 @@ class LexforgeServer:
                                  "lagging_replicas": lagging}, status_code=200 if not lagging else 504)
 
         return await self._observe(request, run)
+
+    def _resolve_registered(self, model_uri: str) -> tuple[str, str]:
+        """(local adapter dir, version label ``name/version``) of a registry version."""
+        from lexforge.registry import resolve_servable
+
+        sv = resolve_servable(model_uri, tracking_uri=self.s.tracking_uri or self.s.champion.tracking_uri)
+        if not sv.adapter_path:
+            raise AdapterError(f"{model_uri} holds full weights, not a LoRA adapter; serve it as its own base")
+        if sv.base_model and not _same_model(sv.base_model, self.s.base_model):
+            raise AdapterError(f"{model_uri} was fine-tuned from base model {Path(sv.base_model).name!r}, but this "
+                               f"server runs {self.s.base_name!r}; serve it from a server for that base")
+        return str(sv.adapter_path), f"{sv.name}/{sv.version}"
 
     @api.get("/admin/adapters")
     async def list_adapters(self, request: Request) -> Response:

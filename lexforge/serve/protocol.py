@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator, field_validator
 
 
 class _Req(BaseModel):
@@ -107,10 +107,20 @@ class LegalAnalyzeRequest(SamplingFields):
 
 
 class AdapterRegistration(BaseModel):
+    """Serve an adapter under ``name``: a registry version (``model_uri``, e.g. ``models:/lexforge-legal/3``,
+    which the app resolves itself) or a PEFT directory on the serving host (``path``)."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
-    path: str
+    model_uri: str | None = Field(None, pattern=r"^models:/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/[0-9]+$")
+    path: str | None = None
     version: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AdapterRegistration":
+        if (self.model_uri is None) == (self.path is None):
+            raise ValueError("give exactly one of model_uri (a registry version: models:/NAME/VERSION) or path")
+        return self
 
 
 class ReloadChampionRequest(BaseModel):

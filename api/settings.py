@@ -43,6 +43,9 @@ class ApiSettings:
     max_file_bytes: int = field(default_factory=lambda: _env_int("LEXFORGE_API_MAX_FILE_BYTES", 512 * 1024 * 1024))
     #: Prefect API (``PREFECT_API_URL``) and the deployment a job runs as (``flow_name/deployment_name``).
     prefect_api_url: str = field(default_factory=lambda: os.environ.get("PREFECT_API_URL", ""))
+    #: Prefect server basic auth ``user:password`` (``PREFECT_API_AUTH_STRING``) for shared servers.
+    prefect_auth_string: str = field(default_factory=lambda: os.environ.get("PREFECT_API_AUTH_STRING", ""),
+                                     repr=False)
     deployment: str = field(default_factory=lambda: os.environ.get("LEXFORGE_API_DEPLOYMENT",
                                                                    "retrain/lexforge-retrain"))
     #: Flow run parameters besides ``spec_path`` (JSON; ``LEXFORGE_API_RUN_PARAMS``). API jobs do not switch

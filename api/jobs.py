@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import re
 import secrets
-from pathlib import Path
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lexforge.api.errors import bad_request
+from api.errors import bad_request
 from lexforge.config import DEFAULT_BASE_MODEL, HyperParams, JobSpec, SpecError, spec_from_dict
 
 Auto = Literal["auto"]
@@ -162,7 +161,9 @@ def build_spec(job_id: str, req: JobCreate, *, base_model_path: str, train_uri: 
 def default_eval_suites() -> list[dict[str, str]]:
     """The eval gate of the retrain pipeline needs suites: without site overrides (eval.suites=[...] in
     LEXFORGE_API_SPEC_OVERRIDES) API jobs use the shipped LegalBench-layout statute tasks."""
-    root = Path(__file__).resolve().parents[1] / "samples" / "data" / "legalbench" / "tasks"
+    from lexforge.samples import DATA_DIR
+
+    root = DATA_DIR / "legalbench" / "tasks"
     kinds = {"statute_yes_no": "closed", "statute_mcq": "closed", "statute_explain": "open"}
     return [{"name": n, "path": str(root / n), "kind": k} for n, k in kinds.items() if (root / n).is_dir()]
 
@@ -240,8 +241,3 @@ def resolved_hyperparameters(spec: JobSpec, mtype: str) -> dict[str, Any]:
     if mtype == "dpo":
         out["beta"] = h.dpo_beta
     return out
-
-
-def store_local_path(store, key: str) -> Path | None:
-    lp = getattr(store, "local_path", None)
-    return lp(key) if lp else None

@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
         import uvicorn
         from rich.console import Console
 
-        from lexforge.api.app import create_app
-        from lexforge.api.settings import ApiSettings
+        from api.app import create_app
+        from api.settings import ApiSettings
 
         console = Console(stderr=True)
         try:

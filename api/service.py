@@ -1,5 +1,6 @@
 """The fine-tuning API's state machine, independent of HTTP: files in the store, jobs as Prefect flow runs,
-events imported from the run, results and checkpoints read from the store layout (docs/dev/CONTRACTS.md).
+events imported from the run, results and checkpoints read through the run's records
+(:mod:`lexforge.storage.records`; keys from :mod:`lexforge.storage.layout`).
 """
 
 from __future__ import annotations
@@ -7,7 +8,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 import re
 import secrets
@@ -17,17 +17,19 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lexforge.api import checks
-from lexforge.api.db import ApiDB
-from lexforge.api.errors import ApiError, bad_request, not_found
-from lexforge.api.jobs import (
+from api import checks
+from api.db import ApiDB
+from api.errors import ApiError, bad_request, not_found
+from api.jobs import (
     FINAL_STATUSES, JobCreate, build_spec, clean_suffix, effective_hyperparameters, fine_tuned_model_name,
     job_object, new_id, resolve_base_model, resolved_hyperparameters,
 )
-from lexforge.api.orchestrator import STATUS_BY_STATE, OrchestratorError, PrefectJobs, parse_ts
-from lexforge.api.serving import ServeClient, ServeError, ServeRejected
-from lexforge.api.settings import ApiSettings
+from api.orchestrator import STATUS_BY_STATE, OrchestratorError, PrefectJobs, parse_ts
+from api.serving import ServeClient, ServeError, ServeRejected
+from api.settings import ApiSettings
 from lexforge.storage import open_store
+from lexforge.storage.layout import ApiLayout
+from lexforge.storage.records import RunRecords
 
 log = logging.getLogger("lexforge.api")
 
@@ -84,7 +86,8 @@ class FineTuningService:
     @property
     def orchestrator(self) -> PrefectJobs:
         if self._orch is None:
-            self._orch = PrefectJobs(self.settings.prefect_api_url, self.settings.deployment)
+            self._orch = PrefectJobs(self.settings.prefect_api_url, self.settings.deployment,
+                                     auth_string=self.settings.prefect_auth_string or None)
         return self._orch
 
     def start_poller(self) -> None:
@@ -152,7 +155,7 @@ class FineTuningService:
             if not check.ok:
                 raise bad_request(f"invalid fine-tuning file {_safe_filename(filename)!r}: {check.summary}", "file",
                                   "invalid_file_format", report=check.report)
-            key = f"api/files/{file_id}.jsonl"
+            key = ApiLayout.uploaded_file(file_id)
             self.store.put_file(key, tmp.name)
         row = {
             "id": file_id, "created_at": _now(), "bytes": size, "filename": _safe_filename(filename),
@@ -184,9 +187,9 @@ class FineTuningService:
 
     def file_content(self, file_id: str) -> tuple[Path | None, bytes | None, dict[str, Any]]:
         row = self.get_file_row(file_id)
-        local = getattr(self.store, "local_path", None)
+        local = self.store.local_path(row["store_key"])
         if local is not None:
-            return local(row["store_key"]), None, row
+            return local, None, row
         return None, self.store.get_bytes(row["store_key"]), row
 
     # ---- jobs -----------------------------------------------------------------------------------------------
@@ -224,7 +227,7 @@ class FineTuningService:
             job_id, req, base_model_path=base_path, train_uri=self.store.url(train["store_key"]),
             validation_uri=self.store.url(val["store_key"]) if val else None, data_format=want, seed=seed,
             store_root=self.store.uri, s3_endpoint_url=s.s3_endpoint_url, overrides=s.spec_overrides)
-        spec_key = f"api/jobs/{job_id}/spec.yaml"
+        spec_key = ApiLayout.job_spec(job_id)
         self.store.put_bytes(spec_key, spec.to_yaml().encode())
         spec_path = self._local_spec_path(spec_key, spec)
         created = _now()
@@ -312,24 +315,21 @@ class FineTuningService:
         } for e in events]
         return page_after(data, after, limit, "event")
 
+    def _records(self, row: dict[str, Any]) -> RunRecords:
+        return RunRecords(self.store, row["spec_name"])
+
     def list_checkpoints(self, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
+        """The run's committed checkpoints, newest first, each with the time it was committed."""
         row = self.get_job_row(job_id)
-        prefix = f"runs/{row['spec_name']}/checkpoints/"
-        steps = sorted({int(m.group(1)) for k in self.store.list(prefix)
-                        if (m := re.match(r".*/step_(\d{8})/manifest\.json$", k))}, reverse=True)
         model = row["fine_tuned_model"] or fine_tuned_model_name(row["model"], job_id, row["suffix"])
         items = []
-        for step in steps:
-            manifest = self._read_json(f"{prefix}step_{step:08d}/manifest.json") or {}
-            metrics = manifest.get("metrics") or {}
-            loss = metrics.get("train_loss", metrics.get("loss", manifest.get("loss")))
-            created = manifest.get("created_at") or manifest.get("time") or row["created_at"]
+        for m in reversed(self._records(row).committed()):
             items.append({
-                "id": f"ftckpt-{job_id.removeprefix('ftjob-')}-{step:08d}", "object": "fine_tuning.job.checkpoint",
-                "created_at": int(created if isinstance(created, (int, float)) else parse_ts(created) or row["created_at"]),
-                "fine_tuned_model_checkpoint": f"{model}:ckpt-step-{step}", "fine_tuning_job_id": job_id,
-                "step_number": step,
-                "metrics": {"step": float(step), "train_loss": loss, "valid_loss": metrics.get("valid_loss")},
+                "id": f"ftckpt-{job_id.removeprefix('ftjob-')}-{m.step:08d}", "object": "fine_tuning.job.checkpoint",
+                "created_at": int(m.committed_at), "fine_tuned_model_checkpoint": f"{model}:ckpt-step-{m.step}",
+                "fine_tuning_job_id": job_id, "step_number": m.step,
+                "metrics": {"step": float(m.step), "train_loss": m.metrics.get("loss"),
+                            "valid_loss": m.metrics.get("valid_loss")},
             })
         return page_after(items, after, limit, "checkpoint")
 
@@ -363,21 +363,23 @@ class FineTuningService:
                 updates["error"] = {"code": "training_failed", "param": None,
                                     "message": (state.get("message") or f"flow run {state.get('name', stype)}")[:2000]}
             if status == "succeeded":
-                out_prefix = f"runs/{row['spec_name']}/output/"
-                if not self.store.list(out_prefix):
+                records = self._records(row)
+                result, registered = records.read_result(), records.read_registration()
+                if result is None or result.status != "completed" or registered is None:
+                    missing = "trained model" if result is None or result.status != "completed" else "registered model"
                     updates.update(status="failed", finished_at=_now(), error={
                         "code": "missing_output", "param": None,
-                        "message": f"the training flow finished but wrote no model to {self.store.url(out_prefix)}"})
+                        "message": f"the training flow finished but left no {missing} for job {job_id}"})
                 else:
                     name = fine_tuned_model_name(row["model"], job_id, row["suffix"])
                     updates.update(fine_tuned_model=name, finished_at=int(parse_ts(run.get("end_time")) or time.time()),
-                                   trained_tokens=self._trained_tokens(row))
+                                   trained_tokens=result.trained_tokens)
                     updates["result_files"] = [self._write_results_file(row)]
             if updates:
                 self.db.update("jobs", job_id, updates)
                 if updates.get("status") == "succeeded":
                     self._event(job_id, "model", f"New fine-tuned model created: {updates['fine_tuned_model']}",
-                                data={"output_uri": self.store.url(f"runs/{row['spec_name']}/output")})
+                                data={"model_version": registered.uri})
                     self._event(job_id, "succeeded", "The job has successfully completed")
                 elif updates.get("status") == "failed":
                     self._event(job_id, "failed", f"Job failed: {updates['error']['message']}", level="error")
@@ -387,18 +389,19 @@ class FineTuningService:
             return self.get_job_row(job_id)
 
     def _publish(self, row: dict[str, Any]) -> None:
-        """Register the finished adapter with the serving app under the job's model name (once)."""
+        """Serve the registry version the job's pipeline registered (and evaluated) under the job's model name
+        (once): the serving app resolves that version itself, so the served model is the evaluated one, whatever
+        the store is (local or S3)."""
         if row["served"] or self.serve is None:
             return
-        key = f"runs/{row['spec_name']}/output"
-        local = getattr(self.store, "local_path", None)
-        path = str(local(key)) if local else self.store.url(key)
+        registered = self._records(row).read_registration()
+        if registered is None:
+            self._event(row["id"], "serve-rejected", "Model not served: the job's pipeline registered no model",
+                        level="warn")
+            self.db.update("jobs", row["id"], {"served": -1})
+            return
         try:
-            base = resolve_base_model(row["model"], ())
-        except ApiError:  # the base model was removed since the job ran: let the serving app decide
-            base = None
-        try:
-            self.serve.register_adapter(row["fine_tuned_model"], path, version=row["id"], base_model=base)
+            self.serve.register_adapter(row["fine_tuned_model"], registered.uri)
         except ServeRejected as e:
             self.db.update("jobs", row["id"], {"served": -1})
             self._event(row["id"], "serve-rejected", f"Model not served: {e}", level="warn")
@@ -447,40 +450,18 @@ class FineTuningService:
                               data={"logger": rec.get("name")})
 
     def _import_progress(self, row: dict[str, Any]) -> None:
-        prog = self._read_json(f"runs/{row['spec_name']}/progress.json")
-        if not prog or prog.get("step") is None:
+        p = self._records(row).read_progress()
+        if p is None:
             return
-        step = int(prog["step"])
-        data = {"step": step, "total_steps": prog.get("total_steps"), "train_loss": prog.get("loss"),
-                "tokens_per_s": prog.get("tokens_per_s"), "eta_s": prog.get("eta_s")}
-        loss = f", train loss={prog['loss']:.4f}" if isinstance(prog.get("loss"), (int, float)) else ""
-        self.db.add_event(row["id"], f"ftevent-{row['id'].removeprefix('ftjob-')}-step-{step:08d}", time.time(),
-                          "info", f"Step {step}/{prog.get('total_steps') or '?'}{loss}", type="metrics", data=data)
+        data = {"step": p.step, "total_steps": p.total_steps, "train_loss": p.loss, "tokens_per_s": p.tokens_per_s,
+                "eta_s": p.eta_s, "trained_tokens": p.trained_tokens}
+        loss = f", train loss={p.loss:.4f}" if p.loss is not None else ""
+        self.db.add_event(row["id"], f"ftevent-{row['id'].removeprefix('ftjob-')}-step-{p.step:08d}", time.time(),
+                          "info", f"Step {p.step}/{p.total_steps}{loss}", type="metrics", data=data)
 
     def _estimated_finish(self, row: dict[str, Any]) -> int | None:
-        prog = self._read_json(f"runs/{row['spec_name']}/progress.json") or {}
-        eta = prog.get("eta_s")
-        return int(time.time() + eta) if isinstance(eta, (int, float)) else None
-
-    def _trained_tokens(self, row: dict[str, Any]) -> int | None:
-        """Tokens trained on: an explicit count in the output lineage when the trainer records one, else an
-        estimate from the data step's records (mean tokens per sanitized row x train rows x epochs)."""
-        out = self._read_json(f"runs/{row['spec_name']}/output/lineage.json") or {}
-        for field in ("trained_tokens", "tokens_seen", "total_tokens"):
-            if isinstance(out.get(field), (int, float)):
-                return int(out[field])
-        digest = out.get("dataset_digest")
-        if not digest:
-            return None
-        lineage = self._read_json(f"datasets/sha256/{digest}/lineage.json") or {}
-        try:
-            sanitized = lineage["sanitized"]["sha256"]
-            train_rows = int(lineage["splits"]["train"]["rows"])
-            stats = (self._read_json(f"datasets/sha256/{sanitized}/report.json") or {})["token_stats"]
-            epochs = float((row["hyperparameters"] or {}).get("n_epochs") or 1)
-            return int(round(stats["total_tokens"] / stats["rows"] * train_rows * epochs))
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            return None
+        p = self._records(row).read_progress()
+        return int(time.time() + p.eta_s) if p is not None and p.eta_s is not None else None
 
     def _write_results_file(self, row: dict[str, Any]) -> str:
         """The OpenAI-style ``step_metrics.csv`` result file, from the job's metrics events."""
@@ -493,7 +474,7 @@ class FineTuningService:
                 w.writerow([d.get("step"), d.get("train_loss"), d.get("total_steps"), d.get("tokens_per_s")])
         data = buf.getvalue().encode()
         file_id = new_id("file")
-        key = f"api/results/{row['id']}/{file_id}.csv"
+        key = ApiLayout.result_file(row["id"], file_id)
         self.store.put_bytes(key, data)
         self.db.insert("files", {
             "id": file_id, "created_at": _now(), "bytes": len(data), "filename": "step_metrics.csv",
@@ -504,9 +485,9 @@ class FineTuningService:
     def _local_spec_path(self, spec_key: str, spec) -> str:
         """The spec file the flow loads: the store copy when the store is local, else a copy next to the db
         (flows load specs from a filesystem path)."""
-        local = getattr(self.store, "local_path", None)
+        local = self.store.local_path(spec_key)
         if local is not None:
-            return str(local(spec_key))
+            return str(local)
         path = self.settings.db_path.parent / "specs" / f"{spec.name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(spec.to_yaml(), encoding="utf-8")
@@ -516,12 +497,6 @@ class FineTuningService:
     def _event(self, job_id: str, kind: str, message: str, level: str = "info", data: dict | None = None) -> None:
         self.db.add_event(job_id, f"ftevent-{job_id.removeprefix('ftjob-')}-{kind}", time.time(), level, message,
                           data=data)
-
-    def _read_json(self, key: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.store.get_bytes(key))
-        except (FileNotFoundError, ValueError):
-            return None
 
     def _page(self, table: str, after: str | None, limit: int, desc: bool, where: str, args: tuple, view) -> dict:
         if not 1 <= limit <= MAX_LIST_LIMIT:

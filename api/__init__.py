@@ -9,12 +9,12 @@ registered with the Ray Serve app under the job's ``fine_tuned_model`` name.
 ``create_app(settings)`` builds the FastAPI app; ``lexforge api`` runs it with uvicorn.
 """
 
-from lexforge.api.settings import ApiSettings
+from api.settings import ApiSettings
 
 __all__ = ["ApiSettings", "create_app"]
 
 
 def create_app(settings: ApiSettings | None = None):
-    from lexforge.api.app import create_app as _create
+    from api.app import create_app as _create
 
     return _create(settings)

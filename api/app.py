@@ -20,15 +20,17 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
-from lexforge.api.errors import ApiError, bad_request, install_handlers
-from lexforge.api.jobs import JobCreate, available_models
-from lexforge.api.service import FineTuningService
-from lexforge.api.settings import ApiSettings
+from api.errors import ApiError, bad_request, install_handlers
+from api.jobs import JobCreate, available_models
+from api.service import FineTuningService
+from api.settings import ApiSettings
 
 log = logging.getLogger("lexforge.api")
 
 #: Multipart framing allowance on top of the file size limit when checking Content-Length up front.
 MULTIPART_OVERHEAD = 64 * 1024
+#: Serving-app response headers passed through to API clients (which model version answered).
+FORWARDED_HEADERS = {"x-lexforge-model-version", "x-request-id"}
 
 
 def _auth_dependency(settings: ApiSettings):
@@ -201,7 +203,8 @@ def create_app(settings: ApiSettings | None = None, start_poller: bool = True) -
             await upstream.aclose()
             await client.aclose()
 
-        return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
+        passed = {k: v for k, v in upstream.headers.items() if k.lower() in FORWARDED_HEADERS}
+        return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=passed,
                                  media_type=upstream.headers.get("content-type"), background=BackgroundTask(close))
 
     @app.post("/v1/chat/completions", dependencies=[auth])

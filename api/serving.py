@@ -4,7 +4,6 @@ both fine-tunes and chats with the result."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,10 +15,6 @@ class ServeError(RuntimeError):
 
 class ServeRejected(ServeError):
     """The serving app refused the adapter for a reason retrying cannot fix (bad name, invalid adapter)."""
-
-
-class BaseMismatch(ServeRejected):
-    """The serving app runs a different base model (not retried)."""
 
 
 class ServeClient:
@@ -40,29 +35,12 @@ class ServeClient:
     def close(self) -> None:
         self.http.close()
 
-    def served_base(self) -> str | None:
-        """Path of the base model the serving app runs (from its /v1/models), None when it cannot tell."""
+    def register_adapter(self, name: str, model_uri: str) -> dict[str, Any]:
+        """``POST /admin/adapters`` (lexforge.serve): serve the registry version ``model_uri``
+        (``models:/NAME/VERSION``) under ``name``; the serving app resolves it from the registry itself and
+        refuses (422, :class:`ServeRejected`) a version that does not fit its base model."""
         try:
-            r = self.http.get("/v1/models", headers=self.inference_headers(None) or self._admin_headers, timeout=30)
-            if r.status_code >= 400:
-                return None
-            for m in r.json().get("data", []):
-                if m.get("kind") == "base" and m.get("parent") is None:
-                    return m.get("root")
-        except (httpx.HTTPError, ValueError):
-            return None
-        return None
-
-    def register_adapter(self, name: str, path: str, version: str, base_model: str | None = None) -> dict[str, Any]:
-        """``POST /admin/adapters`` (lexforge.serve): load the adapter and serve it under ``name``.
-        Raises :class:`BaseMismatch` when the app runs another base model (retrying cannot help)."""
-        if base_model:
-            served = self.served_base()
-            if served and Path(served).expanduser().resolve() != Path(base_model).expanduser().resolve():
-                raise BaseMismatch(f"the serving app runs base model {served}, but this model was fine-tuned from "
-                                   f"{base_model}; start a server for that base (lexforge serve --base ...)")
-        try:
-            r = self.http.post("/admin/adapters", json={"name": name, "path": path, "version": version},
+            r = self.http.post("/admin/adapters", json={"name": name, "model_uri": model_uri},
                                headers=self._admin_headers, timeout=300)
         except httpx.HTTPError as e:
             raise ServeError(f"serving app {self.base_url} unreachable: {type(e).__name__}: {e}") from None
