@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: install demo test bench up down clean
+.PHONY: install demo test test-fast bench up down clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	bash scripts/test.sh
+
+# The edit loop: every test that starts no server, cluster or model engine (a few minutes).
+test-fast: install
+	bash scripts/test.sh -m "not slow"
 
 bench: install
 	bash scripts/bench.sh

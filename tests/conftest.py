@@ -29,6 +29,16 @@ from lexforge.testing import build_tiny_llama, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: Fixtures that start servers, clusters or model engines: a test using one is `slow`, whatever its own marks, so
+#: the fast lane (`make test-fast` = `-m "not slow"`) never starts a server.
+HEAVY_FIXTURES = {"moto_s3", "mlflow_server", "prefect_server", "ray_head", "ray_local", "serve_app", "smollm2_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def lexforge_home(tmp_path_factory) -> Path:

@@ -53,12 +53,29 @@ def test_worker_sigterm_saves_at_next_step_boundary_then_resumes(tmp_path, tiny_
     assert r.status == "preempted" and 2 <= r.steps < 400
     latest = RunRecords(open_store(str(store)), spec.name).latest()
     assert latest.step == r.steps  # nothing committed was lost: the preemption checkpoint is the last step
-    spec2 = make_spec("sigterm-worker", tiny_model_dir, store, steps=r.steps + 2, every=1000)
-    spec2.checkpoint.on_spec_change = "continue"  # a longer run under the same name is an explicit continuation
     from lexforge.train import run_training
+    from lexforge.train.model import SetupError
 
+    # the same run name with another training setup is refused before any work, naming what changed
+    changed = make_spec("sigterm-worker", tiny_model_dir, store, steps=400, every=1000, learning_rate=1e-3)
+    with pytest.raises(SetupError, match=r"hyperparams.learning_rate: 0.005 -> 0.001") as refused:
+        run_training(changed)
+    assert "new run name" in str(refused.value) and "--continue" in str(refused.value)
+
+    # an explicit continuation trains on and records the lineage chain on every later checkpoint and the output
+    spec2 = make_spec("sigterm-worker", tiny_model_dir, store, steps=r.steps + 2, every=1000)
+    spec2.checkpoint.on_spec_change = "continue"
     r2 = run_training(spec2)
     assert r2.status == "completed" and r2.resumed_from_step == r.steps and sorted(r2.losses) == [r.steps + 1, r.steps + 2]
+    chain = [(spec.spec_hash(), 1, r.steps), (spec2.spec_hash(), r.steps + 1, r.steps + 2)]
+    records = RunRecords(open_store(str(store)), spec.name)
+    for lineage in (records.latest().lineage, records.read_output_lineage(), records.read_result().lineage):
+        assert [(s.spec_hash, s.first_step, s.last_step) for s in lineage.segments] == chain
+    assert r2.trained_tokens > r.trained_tokens > 0  # counted across both attempts
+
+    # the finished run re-submitted with the identical spec returns its result without training
+    again = run_training(spec2)
+    assert again.steps == r2.steps and again.losses == r2.losses and records.committed_steps()[-1] == r2.steps
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Row formats: classify a parsed JSON object and turn it into a canonical row, naming every repair.
 
-Canonical rows (see docs/dev/CONTRACTS.md):
+Canonical rows (see docs/dev/store-layout.md):
 
 - chat: ``{"messages": [{"role", "content"}, ...]}`` (optional leading system turn, then user/assistant
   turns, ending with an assistant turn)

@@ -1,6 +1,6 @@
 """``prepare_dataset(spec)``: sanitize -> token stats -> held-out split -> content-addressed store -> lineage.
 
-This is what training and the Prefect flows call (see docs/dev/CONTRACTS.md).
+This is what training and the Prefect flows call (see docs/dev/store-layout.md).
 """
 
 from __future__ import annotations
