@@ -149,6 +149,36 @@ def test_driver_sigterm_via_ray_job_entrypoint_then_rerun_resumes(tmp_path, tiny
 
 
 @pytest.mark.slow
+def test_an_older_attempt_is_fenced_out_when_a_newer_one_claims_the_run(tmp_path, tiny_model_dir, ray_local):
+    """One writer per run: the workers of an attempt whose driver was lost keep training, but once a newer attempt
+    claims the run (its driver claims the next epoch), none of their checkpoint commits lands."""
+    import time
+
+    from lexforge.storage import open_store
+    from lexforge.storage.records import RunRecords
+    from lexforge.train.run import TrainingFailed, wait_for_progress
+
+    store = tmp_path / "store"
+    spec = make_spec("fenced", tiny_model_dir, store, steps=200, every=1)
+    os.environ["LEXFORGE_STEP_DELAY_S"] = "0.3"
+    try:
+        t, box = _run_in_thread(spec)
+        records = RunRecords(open_store(str(store)), spec.name)
+        wait_for_progress(records.store, spec.name, 3, timeout=300)
+        claimed = records.claim_epoch("test: a newer attempt")
+        claimed_at = time.time()
+        t.join(timeout=300)
+    finally:
+        os.environ.pop("LEXFORGE_STEP_DELAY_S", None)
+    assert claimed.epoch == 2
+    assert isinstance(box.get("error"), TrainingFailed) and "newer attempt (epoch 2)" in str(box["error"])
+    late = [m.step for m in records.committed() if m.committed_at > claimed_at + 1.0]
+    assert not late, f"an older attempt committed {late} after a newer one claimed the run"
+    assert all(m.epoch == 1 for m in records.committed()) and records.committed_steps()[-1] < 200
+    assert records.read_result() is None  # the fenced attempt wrote no result either
+
+
+@pytest.mark.slow
 def test_s3_checkpoints_resume_exactly(tmp_path, tmp_path_factory, tiny_model_dir, moto_s3, ray_local):
     from lexforge.storage import open_store
     from lexforge.storage.records import RunRecords

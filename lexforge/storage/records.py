@@ -88,7 +88,7 @@ class Progress(_Record):
     updated_at: float = Field(default_factory=time.time)
 
 
-RunStatus = Literal["completed", "preempted", "failed", "invalid"]
+RunStatus = Literal["completed", "preempted", "failed", "invalid", "fenced"]
 
 
 class RunResult(_Record):
@@ -257,8 +257,17 @@ class RunRecords:
     def read_epoch(self) -> WriterEpoch | None:
         return _read(self.store, self.layout.epoch, WriterEpoch)
 
-    def write_epoch(self, e: WriterEpoch) -> None:
-        self.store.put_bytes(self.layout.epoch, e.to_json())
+    def claim_epoch(self, owner: str) -> WriterEpoch:
+        """Make a new attempt the run's only writer: the next epoch. Writers of older epochs are fenced out
+        (their checkpoint commits, saves and deletions are refused from now on)."""
+        current = self.read_epoch()
+        claimed = WriterEpoch(epoch=(current.epoch if current else 0) + 1, owner=owner)
+        self.store.put_bytes(self.layout.epoch, claimed.to_json())
+        return claimed
+
+    def current_epoch(self) -> int:
+        e = self.read_epoch()
+        return e.epoch if e else 0
 
     # ---- output ----------------------------------------------------------------------------------------------------
     def output_files(self) -> list[str]:

@@ -53,6 +53,10 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+class WriterFenced(RuntimeError):
+    """A newer attempt claimed this run: this (older) attempt's workers may not write its checkpoints."""
+
+
 class CheckpointMismatch(RuntimeError):
     """The newest checkpoint of this run was made by a different training setup (spec, data, strategy)."""
 
@@ -70,10 +74,11 @@ class CheckpointManager:
     def __init__(self, spec, store, strategy, scheduler, *, rank: int, world_size: int, local_rank: int,
                  lineage: Lineage, data_position: Callable[[int], dict], total_steps: int,
                  local_root: Path | None = None,
-                 preemption=None, on_event: Callable[[dict], None] | None = None):
+                 preemption=None, on_event: Callable[[dict], None] | None = None, epoch: int = 0):
         self.spec, self.store, self.strategy, self.scheduler = spec, store, strategy, scheduler
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.lineage, self.data_position, self.total_steps = lineage, data_position, total_steps
+        self.epoch = epoch
         self.run = spec.name
         self.layout = RunLayout(spec.name)
         self.records = RunRecords(store, spec.name)
@@ -114,6 +119,13 @@ class CheckpointManager:
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self.ctrl_pg)
         return box[0]
+
+    def _check_fence(self, action: str) -> None:
+        """Collective: refuse to touch the run's checkpoints once a newer attempt owns the run."""
+        newer = self._bcast(self.records.current_epoch() if self.rank == 0 else None)
+        if newer > self.epoch:
+            raise WriterFenced(f"run {self.run!r}: attempt epoch {self.epoch} may not {action}: a newer attempt "
+                               f"(epoch {newer}) owns the run; this attempt's workers stop here")
 
     # ---- paths -----------------------------------------------------------------------------------------------
     def _local_dir(self, step: int) -> Path:
@@ -209,6 +221,7 @@ class CheckpointManager:
         self.stats.total_stall_s += stall
 
     def _start_save(self, step: int, use_async: bool, metrics: dict, trained_tokens: int) -> None:
+        self._check_fence(f"save step {step}")
         local = self._local_dir(step)
         if self.rank == 0:
             self.records.delete_checkpoint(step)  # leftovers of a crashed save at this step
@@ -246,6 +259,7 @@ class CheckpointManager:
                 if p.is_file():
                     self.store.put_file(self.layout.checkpoint_file(step, p.relative_to(local).as_posix()), p)
         self._barrier()  # every node uploaded its shards
+        self._check_fence(f"commit step {step}")
         if self.rank == 0:
             manifest = Manifest(
                 step=step, run=self.run, strategy=self.strategy.name, world_size=self.world_size,
@@ -253,7 +267,7 @@ class CheckpointManager:
                 data_position=self.data_position(step), lineage=close_segments(self.lineage, step),
                 metrics=pending.metrics,
                 trained_tokens=pending.trained_tokens, committed_at=time.time(),
-                write_seconds=time.monotonic() - pending.started)
+                write_seconds=time.monotonic() - pending.started, epoch=self.epoch)
             self.records.write_manifest(manifest)
             self._prune(step)
         if not self.is_local_store and self.local_rank == 0:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from lexforge.config import lexforge_home, spec_from_dict
 from lexforge.storage import store_for_spec
 from lexforge.storage.records import Lineage, Progress, RunRecords, RunResult
-from lexforge.train.checkpoint import CheckpointManager
+from lexforge.train.checkpoint import CheckpointManager, WriterFenced
 from lexforge.train.data import BatchPlan, TrainData, read_clean_rows, tokenize_rows
 from lexforge.train.export import write_output
 from lexforge.train.lineage import close_segments
@@ -130,7 +130,7 @@ class Trainer:
         self.ckpt = CheckpointManager(spec, self.store, self.strategy, self.scheduler, rank=ctx.rank,
                                       world_size=ctx.world_size, local_rank=ctx.local_rank, lineage=self.lineage,
                                       data_position=self.plan.position, total_steps=self.total_steps,
-                                      preemption=self.preemption,
+                                      preemption=self.preemption, epoch=int(config.get("epoch", 0)),
                                       on_event=self.metrics.event)
         self.metrics_pg = dist.new_group(backend="gloo") if dist.is_initialized() else None
         self.prom = TrainMetrics(spec.name, ctx.rank)
@@ -168,6 +168,12 @@ class Trainer:
         return loss, stats
 
     def run(self) -> RunResult:
+        try:
+            return self._run()
+        except WriterFenced as e:  # a newer attempt owns the run: stop without touching its records
+            return RunResult(status="fenced", error=str(e), world_size=self.ctx.world_size)
+
+    def _run(self) -> RunResult:
         start = self.ckpt.load()
         resumed = self.ckpt.resumed_manifest
         trained_tokens = resumed.trained_tokens if resumed is not None else 0

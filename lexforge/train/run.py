@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -247,12 +248,14 @@ def run_training(spec: JobSpec, prepared=None, on_progress: Callable[[dict], Non
     if done and done.status == "completed" and done.lineage and done.lineage.spec_hash == spec.spec_hash():
         return TrainResult.from_record(spec.name, done, _local_output(records))
     check_resume(spec, records, lineage)
+    # this attempt becomes the run's only writer: workers of earlier attempts still running are fenced out
+    epoch = records.claim_epoch(f"{socket.gethostname()}:{os.getpid()}")
     records.clear_stop()
     records.clear_result()
     run_id = tracking.start_run(spec, lineage)
     config = {"spec": spec.model_dump(mode="json"), "data": data.to_dict(), "base_model": base,
               "lineage": lineage.model_dump(mode="json"), "mlflow_uri": spec.tracking.resolved_uri(),
-              "mlflow_run_id": run_id}
+              "mlflow_run_id": run_id, "epoch": epoch.epoch}
     ensure_ray(spec)
     from ray.train.torch import TorchTrainer
 
@@ -264,6 +267,9 @@ def run_training(spec: JobSpec, prepared=None, on_progress: Callable[[dict], Non
         with DriverSigterm(records), ProgressPoller(records, on_progress):
             trainer.fit()
         res = records.read_result()
+        if res is None and records.current_epoch() > epoch.epoch:
+            raise TrainingFailed(f"run {spec.name!r} was taken over by a newer attempt (epoch "
+                                 f"{records.current_epoch()}); this attempt (epoch {epoch.epoch}) stopped writing")
         if res is None:
             raise TrainingFailed(f"run {spec.name!r} finished without writing {records.layout.result}")
         res.mlflow_run_id = run_id
