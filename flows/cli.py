@@ -17,6 +17,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FILE = REPO / "deployments" / "prefect.yaml"
+AUTOMATIONS_FILE = REPO / "deployments" / "automations.yaml"
 RESUME_DEPLOYMENT = "resume/lexforge-resume"
 console = Console(stderr=True)
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -108,7 +109,31 @@ def apply_deployments(file: Path = DEFAULT_FILE, pool: str | None = None, pool_t
         created[full] = str(dep_id)
         extra = [f"schedule {s.cron} {s.timezone}" for s in schedules] + [f"automation {t.name}" for t in triggers]
         echo(f"deployment {full} -> pool {pool_name}" + (f" ({', '.join(extra)})" if extra else ""))
+    for name in apply_automations(AUTOMATIONS_FILE):
+        echo(f"automation {name}")
     return created
+
+
+def apply_automations(file: Path = AUTOMATIONS_FILE) -> list[str]:
+    """Upsert (by name) the automations of ``file`` (Prefect's automation format); returns their names."""
+    import yaml
+    from prefect import get_client
+    from prefect.events.schemas.automations import AutomationCore
+
+    data = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
+    names = []
+    with get_client(sync_client=True) as client:
+        for raw in data.get("automations") or []:
+            automation = AutomationCore.model_validate(raw)
+            existing = client.read_automations_by_name(automation.name)
+            if existing:
+                client.update_automation(existing[0].id, automation)
+                for extra in existing[1:]:
+                    client.delete_automation(extra.id)
+            else:
+                client.create_automation(automation)
+            names.append(automation.name)
+    return names
 
 
 def deploy_flows(

@@ -53,8 +53,14 @@ FAKE_TRAINER = textwrap.dedent('''
             records.store.put_bytes(records.layout.checkpoint_file(step, "state.json"), b"{}")
             records.write_manifest(Manifest(step=step, run=spec.name, strategy=spec.strategy, world_size=1,
                                             files={"state.json": 2}, lineage=lineage, committed_at=time.time()))
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as out:
+        (Path(out) / "adapter_config.json").write_text("{}")
+        (Path(out) / "lineage.json").write_bytes(lineage.to_json())
+        uri = records.publish_output(Path(out))
     result = RunResult(status="completed", steps=total, final_loss=1.0 / total, resumed_from_step=start or None,
-                       lineage=lineage)
+                       lineage=lineage, output_uri=uri)
     records.write_result(result)
     print(RESULT_MARKER + result.model_dump_json(), flush=True)
 ''')
@@ -198,7 +204,7 @@ def test_train_task_streams_job_logs_and_progress_to_prefect(tmp_path, ray_jobs_
     state = train_only(str(spec_path), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
-    assert result["steps"] == 8
+    assert result.steps == 8 and result.output_dir.is_dir()
     fr_id = state.state_details.flow_run_id
     arts = _artifacts(fr_id)
     assert arts["training-progress-prefect-train"].data == 100.0
@@ -308,7 +314,8 @@ def _read_flow_run(fr_id):
 
 @pytest.fixture(scope="module")
 def orchestrated(prefect_server, ray_head, mlflow_server, tiny_model_dir, lexforge_home, tmp_path_factory):
-    """Deployments applied from deployments/prefect.yaml to a fresh process pool, and a worker polling it."""
+    """Deployments applied from deployments/prefect.yaml to a fresh process pool, and a worker polling it
+    (``start_worker()`` starts another one after a test killed it)."""
     from flows.cli import apply_deployments
     from lexforge.procs import bin_path, spawn, stop_group
 
@@ -320,14 +327,22 @@ def orchestrated(prefect_server, ray_head, mlflow_server, tiny_model_dir, lexfor
     pool = f"lexforge-test-{os.getpid()}"
     created = apply_deployments(pool=pool, spec=str(spec_path), echo=lambda *a: None)
     env = {"PREFECT_API_URL": prefect_server, "LEXFORGE_RAY_DASHBOARD_URL": dashboard,
-           "MLFLOW_TRACKING_URI": mlflow_server, "RAY_AUTH_MODE": "disabled", "PREFECT_WORKER_QUERY_SECONDS": "3"}
+           "MLFLOW_TRACKING_URI": mlflow_server, "PREFECT_WORKER_QUERY_SECONDS": "3"}
     log = d / "worker.log"
-    worker = spawn([bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process"], log, env=env)
+    state: dict = {"spec_path": spec_path, "pool": pool, "deployments": created, "dashboard": dashboard,
+                   "worker_log": log, "prefect": prefect_server, "mlflow": mlflow_server}
+
+    def start_worker(extra_env: dict | None = None):
+        state["worker"] = spawn([bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process"], log,
+                                env={**env, **(extra_env or {})})
+        return state["worker"]
+
+    state["start_worker"] = start_worker
+    start_worker()
     try:
-        yield {"spec_path": spec_path, "pool": pool, "deployments": created, "dashboard": dashboard,
-               "worker_log": log, "prefect": prefect_server, "mlflow": mlflow_server}
+        yield state
     finally:
-        stop_group(worker.pid)
+        stop_group(state["worker"].pid)
         if old is None:
             os.environ.pop("LEXFORGE_RAY_DASHBOARD_URL", None)
         else:
@@ -367,11 +382,40 @@ def test_killed_training_is_resumed_by_the_automation(orchestrated):
 
     from flows.cli import cancel_run, resume_run, run_summaries
 
+    from lexforge.procs import stop_group
+
     spec = load_spec(orchestrated["spec_path"])
     total = spec.hyperparams.max_steps
     client = jobs.job_client(spec)
+    # stretch the tiny steps so training outlives the zombie detection below (forwarded to the Ray job)
+    stop_group(orchestrated["worker"].pid)
+    orchestrated["start_worker"]({"LEXFORGE_STEP_DELAY_S": "4"})
     retrain_run = run_deployment("retrain/lexforge-retrain", parameters={"train_retries": 0}, timeout=0)
 
+    # 1. the control plane is preempted: the worker and the flow run's process die (SIGKILL to the process group)
+    #    while the Ray job trains on. Without heartbeats the run would stay Running for good; the zombie
+    #    automation marks it Crashed, the resume automation starts `resume`, and a new worker runs it, which
+    #    re-attaches to the still running Ray job.
+    _wait(lambda: jobs.committed_steps(spec) and jobs.active_job(client, spec.name), 900,
+          "training to commit a checkpoint")
+    assert _read_flow_run(retrain_run.id).state.type.value == "RUNNING"
+    os.killpg(os.getpgid(orchestrated["worker"].pid), 9)
+    killed_at = time.monotonic()
+    _wait(lambda: _read_flow_run(retrain_run.id).state.type.value == "CRASHED", 240,
+          "the zombie automation to mark the dead flow run Crashed")
+    crashed = _read_flow_run(retrain_run.id)
+    assert "heartbeat" in (crashed.state.message or ""), crashed.state.message
+    assert time.monotonic() - killed_at < 200  # 90 s without heartbeats, plus the automation's evaluation delay
+    orchestrated["start_worker"]({"LEXFORGE_STEP_DELAY_S": "0.2"})  # on-call (or the platform) brings a worker back
+
+    def resume_of(fr_id: str):
+        runs = [r for r in _flow_runs("resume") if (r.parameters or {}).get("failed_flow_run_id") == fr_id]
+        return runs[0] if runs else None
+
+    zombie_resume = _wait(lambda: resume_of(str(retrain_run.id)), 180, "the automation to resume the crashed run")
+    _wait(lambda: _read_flow_run(zombie_resume.id).state.type.value == "RUNNING", 300, "the resume run to start")
+
+    # 2. the training job's driver dies without warning while the resume run follows it
     def committed_while_running():
         job = jobs.active_job(client, spec.name)
         steps = jobs.committed_steps(spec)
@@ -390,10 +434,6 @@ def test_killed_training_is_resumed_by_the_automation(orchestrated):
     owner = job.metadata["flow_run_id"]
     _wait(lambda: _read_flow_run(owner).state.is_final(), 300, "the flow run of the killed job to end")
     assert _read_flow_run(owner).state.type.value in ("FAILED", "CRASHED")
-
-    def resume_of(fr_id: str):
-        runs = [r for r in _flow_runs("resume") if (r.parameters or {}).get("failed_flow_run_id") == fr_id]
-        return runs[0] if runs else None
 
     resumed = _wait(lambda: resume_of(owner), 180, "the automation to start the resume flow")
     final = _wait(lambda: (lambda r: r if r.state.is_final() else None)(_read_flow_run(resumed.id)), 1500,
@@ -440,7 +480,7 @@ def test_prefect_ui_renders_pipeline_run(orchestrated, tmp_path):
 
     fr = orchestrated.get("resume_flow_run")
     if fr is None:
-        pytest.skip("needs the pipeline run of test_killed_training_is_resumed_by_the_automation")
+        pytest.fail("needs the pipeline run of test_killed_training_is_resumed_by_the_automation, which failed")
     ui = orchestrated["prefect"][: -len("/api")]
     base = [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--window-size=1400,1100", "--virtual-time-budget=30000", f"--user-data-dir={tmp_path / 'profile'}"]
