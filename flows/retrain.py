@@ -1,4 +1,4 @@
-"""retrain: sanitize -> plan -> train (Ray job) -> evaluate -> register -> promote -> deploy."""
+"""retrain: sanitize -> plan -> preflight -> train (Ray job) -> evaluate -> register -> promote -> deploy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from lexforge.config import JobSpec
 from tasks.data import sanitize
 from tasks.evaluate import evaluate, trained_model
 from tasks.plan import plan
+from tasks.preflight import preflight
 from tasks.registry import decide, promote, register
 from tasks.serve import reload_champion
 from tasks.spec import load_job_spec
@@ -19,6 +20,7 @@ def run_pipeline(spec: JobSpec, train_retries: int = 2, deploy: bool = True) -> 
     idempotent, so running it again after a failure redoes only what is missing)."""
     prepared = sanitize(spec)
     plan(spec, prepared.token_stats)
+    preflight(spec)  # every node reachable, same code, storage round trip, capacity, NCCL/IB: before GPUs
     trained = train.with_options(retries=train_retries)(spec, prepared.digests["train"])  # the job reuses it
     base_model, adapter = trained_model(trained)
     report = evaluate(spec, base_model, adapter, label="candidate")

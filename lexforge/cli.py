@@ -35,6 +35,7 @@ _ENGINE_COMMANDS = [
     "lexforge.registry.cli",
     "lexforge.serve.cli",
     "lexforge.plan.cli",
+    "lexforge.preflight.cli",
     "lexforge.demo",
 ]
 #: Entry point group of commands from outside the engine (``register(app)`` callables).

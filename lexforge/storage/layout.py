@@ -10,6 +10,7 @@ Everything lives under one store (``storage.root``: a local directory or ``s3://
     runs/<run>/output/...                       final adapter / weights + lineage.json (written last)
     runs/<run>/control/stop.json                stop request: checkpoint at the next step and exit
     runs/<run>/control/epoch.json               the current writer's epoch (fencing of older attempts)
+    runs/<run>/preflight/<node>.probe           a node's storage round trip (written, read back, deleted)
     runs/<run>/eval/<label>.json                evaluation reports
     runs/<run>/registered.json                  the model registry version the run's output became
     datasets/sha256/<digest>/data.jsonl         content-addressed dataset (+ report.json, lineage.json)
@@ -119,6 +120,9 @@ class RunLayout:
     @property
     def epoch(self) -> str:
         return f"{self.root}/control/epoch.json"
+
+    def preflight_probe(self, node: str) -> str:
+        return f"{self.root}/preflight/{_check(node, _ID, 'node id')}.probe"
 
     # ---- evaluation ----------------------------------------------------------------------------------------------
     @property
