@@ -37,6 +37,14 @@ def lexforge_home() -> Path:
     return Path(os.environ.get("LEXFORGE_HOME", Path.home() / ".lexforge")).expanduser()
 
 
+def node_local_dir() -> Path:
+    """This node's own scratch disk (checkpoint staging, downloaded datasets and outputs):
+    ``$LEXFORGE_NODE_LOCAL_DIR`` (set per node, e.g. the pod's local volume), else ``$LEXFORGE_HOME/cache``.
+    Nodes share nothing but the store."""
+    d = os.environ.get("LEXFORGE_NODE_LOCAL_DIR")
+    return Path(d).expanduser() if d else lexforge_home() / "cache"
+
+
 class SpecError(ValueError):
     """A job spec is invalid. The message names the source and the offending field."""
 
@@ -110,6 +118,12 @@ class ResourceSpec(_Strict):
     cpus_per_worker: float = Field(1, gt=0)
     accelerator_type: str | None = Field(None, description="Ray accelerator type, e.g. H100 or B200.")
     ray_address: str | None = Field(None, description="Ray cluster address; None = the embedded local head.")
+    placement: Literal["pack", "spread", "strict_spread"] = Field(
+        "pack", description="Worker placement over nodes: pack (fill nodes), spread (prefer other nodes), "
+        "strict_spread (one worker per node: multi-node jobs whose nodes are the failure unit).")
+    min_workers: int | None = Field(
+        None, gt=0, description="Elastic resume: after losing nodes, train on as few as this many workers instead "
+        "of waiting (the global batch is kept by raising gradient accumulation; ddp/fsdp only).")
 
     @property
     def use_gpu(self) -> bool:
@@ -254,6 +268,20 @@ class JobSpec(_Strict):
             raise ValueError(f"stage=sft needs chat data, but data.format={self.data.format!r}")
         if self.resources.accelerator_type and not self.resources.use_gpu:
             raise ValueError("resources.accelerator_type is set but resources.gpus_per_worker is 0")
+        r = self.resources
+        if r.min_workers is not None:
+            if r.min_workers > r.num_workers:
+                raise ValueError(f"resources.min_workers={r.min_workers} is above resources.num_workers={r.num_workers}")
+            if self.strategy.startswith("deepspeed") and r.min_workers < r.num_workers:
+                raise ValueError("resources.min_workers (elastic resume) needs strategy ddp or fsdp: DeepSpeed ZeRO "
+                                 "checkpoints cannot be loaded on another number of workers")
+            slots = self.hyperparams.gradient_accumulation_steps * r.num_workers
+            odd = [w for w in range(r.min_workers, r.num_workers + 1) if slots % w]
+            if odd:
+                raise ValueError(f"resources.min_workers={r.min_workers}: with {odd} worker(s) the global batch "
+                                 f"(per_device_batch_size x gradient_accumulation_steps={self.hyperparams.gradient_accumulation_steps} "
+                                 f"x num_workers={r.num_workers}) cannot be kept; choose min_workers so every worker "
+                                 f"count in between divides {slots}")
         return self
 
     # ---- identity -------------------------------------------------------------------------------------------

@@ -111,6 +111,7 @@ class RunResult(_Record):
     is_adapter: bool = True
     base_model: str = ""
     world_size: int | None = None
+    workers: list[dict[str, Any]] = Field(default_factory=list)  # rank, local_rank, node_rank, node_id, hostname
     sigterm_handler: str | None = None
     output_uri: str = ""
     mlflow_run_id: str | None = None

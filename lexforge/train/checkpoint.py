@@ -86,9 +86,9 @@ class CheckpointManager:
         self.preemption = preemption
         self.on_event = on_event or (lambda e: None)
         self.is_local_store = store.local_path(self.layout.checkpoints) is not None
-        from lexforge.config import lexforge_home
+        from lexforge.config import node_local_dir
 
-        self.local_root = Path(local_root or lexforge_home() / "cache" / "checkpoints")
+        self.local_root = Path(local_root or node_local_dir() / "checkpoints")
         self.async_save = bool(self.cfg.async_save and strategy.supports_async_save)
         # Control flags and async DCP writes each get their own gloo group, so collectives issued from the
         # background writer never interleave with the training loop's.

@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lexforge.storage.layout import DatasetLayout
 
 IGNORE = -100
 
@@ -83,6 +86,27 @@ class TrainData:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def local_rows(self, store) -> str:
+        """A path to the rows on THIS node: the driver's file when this node sees it (one machine, a local store),
+        else a verified copy of the stored dataset on the node's local disk (nodes share only the store)."""
+        in_store = store.local_path(DatasetLayout(self.digest).data) if self.digest else None
+        if in_store is not None and in_store.is_file():
+            return str(in_store)
+        if Path(self.train_path).is_file() and store.local_path("") is not None:
+            return self.train_path
+        if not self.digest:
+            return self.train_path
+        from lexforge.config import node_local_dir
+        from lexforge.data.store import fetch_dataset
+
+        dest = node_local_dir() / "datasets" / self.digest / "data.jsonl"
+        if dest.is_file():
+            return str(dest)
+        tmp = dest.with_name(f"data.jsonl.{os.getpid()}.partial")  # ranks of one node may fetch at once
+        fetch_dataset(store, self.digest, tmp)
+        os.replace(tmp, dest)
+        return str(dest)
 
 
 def resolve_train_data(spec, prepared=None, dataset_digest: str | None = None) -> TrainData:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lexforge.config import lexforge_home, spec_from_dict
+from lexforge.config import node_local_dir, spec_from_dict
 from lexforge.storage import store_for_spec
 from lexforge.storage.records import Lineage, Progress, RunRecords, RunResult
 from lexforge.train.checkpoint import CheckpointManager, WriterFenced
@@ -38,14 +38,25 @@ class WorkerContext:
     world_size: int
     local_rank: int
     device: torch.device
+    node_rank: int = 0
+    node_id: str = ""
+
+    def describe(self) -> dict:
+        import socket
+
+        return {"rank": self.rank, "local_rank": self.local_rank, "node_rank": self.node_rank,
+                "node_id": self.node_id, "hostname": socket.gethostname(), "device": str(self.device)}
 
 
 def worker_context(spec) -> WorkerContext:
+    node_rank, node_id = 0, ""
     try:
+        import ray
         import ray.train
 
         ctx = ray.train.get_context()
         rank, world, local = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+        node_rank, node_id = ctx.get_node_rank(), ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - plain torchrun / single process
         rank = dist.get_rank() if dist.is_initialized() else 0
         world = dist.get_world_size() if dist.is_initialized() else 1
@@ -56,7 +67,7 @@ def worker_context(spec) -> WorkerContext:
         device = ray.train.torch.get_device()
     else:
         device = torch.device("cpu")
-    return WorkerContext(rank, world, local, device)
+    return WorkerContext(rank, world, local, device, node_rank, node_id)
 
 
 @dataclass
@@ -108,7 +119,7 @@ class Trainer:
         attn = resolve_attn_implementation(spec, ctx.device.type)
         self.tokenizer = build_tokenizer(spec, base)
         data = TrainData(**config["data"])
-        self.examples = tokenize_rows(read_clean_rows(data.train_path), data.format, self.tokenizer,
+        self.examples = tokenize_rows(read_clean_rows(data.local_rows(self.store)), data.format, self.tokenizer,
                                       spec.data.max_seq_len)
         hp = spec.hyperparams
         self.plan = BatchPlan(len(self.examples), hp.per_device_batch_size, ctx.world_size,
@@ -209,6 +220,10 @@ class Trainer:
             self.ckpt.save(step, final=True, metrics={"loss": loss} if loss is not None else None,
                            trained_tokens=trained_tokens)
         self.ckpt.close()
+        workers = [self.ctx.describe()]
+        if self.metrics_pg is not None:  # where every rank ran (ranks, node ranks, local ranks)
+            workers = [None] * self.ctx.world_size
+            dist.all_gather_object(workers, self.ctx.describe(), group=self.metrics_pg)
         lineage = close_segments(self.ckpt.lineage, step)
         result = RunResult(
             status=status, steps=step, total_steps=self.total_steps, final_loss=loss, losses=losses,
@@ -217,7 +232,7 @@ class Trainer:
             checkpoint_stall_s=self.ckpt.stats.total_stall_s, committed_steps=self.ckpt.stats.committed_steps,
             preemption_reason=self.preemption.reason, lineage=lineage,
             is_adapter=self.spec.method in ("lora", "qlora"), base_model=self.config["base_model"],
-            world_size=self.ctx.world_size, sigterm_handler=self.preemption.handler)
+            world_size=self.ctx.world_size, workers=workers, sigterm_handler=self.preemption.handler)
         if status == "completed":
             result.output_uri = self._export(lineage)
         if self.ctx.rank == 0:
@@ -233,7 +248,7 @@ class Trainer:
         if in_store is not None:
             staging = Path(in_store).with_name("output.partial")
         else:
-            staging = lexforge_home() / "cache" / "outputs" / self.spec.name
+            staging = node_local_dir() / "outputs" / self.spec.name
         out = write_output(self.strategy, self.tokenizer, self.spec, lineage, staging)
         if out is not None:
             if in_store is not None:

@@ -61,7 +61,7 @@ class TrainResult:
             losses=dict(r.losses), trained_tokens=r.trained_tokens,
             details=r.model_dump(mode="json", include={
                 "checkpoint_stall_s", "checkpoint_saves", "train_seconds", "committed_steps", "preemption_reason",
-                "first_step_at", "total_steps", "world_size", "sigterm_handler"}),
+                "first_step_at", "total_steps", "world_size", "workers", "sigterm_handler"}),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,8 +113,9 @@ def build_scaling_config(spec: JobSpec):
     res = {"CPU": r.cpus_per_worker}
     if r.use_gpu:
         res["GPU"] = r.gpus_per_worker
-    return ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=res,
-                         accelerator_type=r.accelerator_type, placement_strategy="PACK")
+    workers = (r.min_workers, r.num_workers) if r.min_workers and r.min_workers < r.num_workers else r.num_workers
+    return ScalingConfig(num_workers=workers, use_gpu=r.use_gpu, resources_per_worker=res,
+                         accelerator_type=r.accelerator_type, placement_strategy=r.placement.upper())
 
 
 def build_torch_config(spec: JobSpec):
