@@ -15,9 +15,14 @@ def register(app: typer.Typer) -> None:
         spec_path: Path = typer.Argument(..., help="Job spec YAML"),
         override: list[str] = typer.Option([], "--set", "-s", help="dotted.key=value override (repeatable)"),
         merge_to: Optional[Path] = typer.Option(None, help="After LoRA training, also write base+adapter merged here"),
+        continue_run: bool = typer.Option(False, "--continue", help="Continue this run with changed steps/epochs/LR "
+                                          "schedule (recorded as a new lineage segment) instead of refusing"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
     ) -> None:
-        """Train on Ray Train (resumes automatically if the run has checkpoints; SIGTERM = checkpoint and stop)."""
+        """Train on Ray Train (resumes automatically if the run has checkpoints; SIGTERM = checkpoint and stop).
+
+        A changed training setup under the same run name is refused, naming each changed field; --continue trains
+        on with the new steps/epochs/LR schedule and records the lineage chain."""
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -29,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
         console = Console(stderr=True)
         try:
-            spec = load_spec(spec_path, override)
+            spec = load_spec(spec_path, [*override, *(["checkpoint.on_spec_change=continue"] if continue_run else [])])
         except SpecError as e:
             console.print(f"[red]{e}[/]")
             raise typer.Exit(2)
