@@ -17,3 +17,6 @@ $PY bench/bench_train.py --json "$OUT/train.json"
 
 echo "== serve: lexforge (Ray Serve + vLLM) vs bare vLLM server, vLLM vs transformers =="
 $PY bench/bench_serve.py --model tiny --requests 12 --rounds 4 --concurrency 4 --max-tokens 32 --out "$OUT/serve.json"
+
+echo "== multi-node: seconds from node loss to the first resumed step, steps lost (no notice, notice, elastic) =="
+$PY bench/bench_multinode.py --json "$OUT/multinode.json"

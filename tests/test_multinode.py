@@ -49,6 +49,12 @@ def _spec(name, tiny, moto_s3, bucket, **kw):
     return spec
 
 
+def straight_spec_resources(num_workers: int):
+    from lexforge.config import ResourceSpec
+
+    return ResourceSpec(num_workers=num_workers, placement="strict_spread")
+
+
 def _train_in_thread(spec):
     from lexforge.train import run_training
 
@@ -93,6 +99,22 @@ def test_ddp_lora_across_nodes_survives_losing_a_node_without_notice(cluster, ti
     manifest = _records(_spec("mn-straight", tiny_model_dir, moto_s3, "mn-straight")).latest()
     assert {"rank_00000.pt", "rank_00001.pt"} <= set(manifest.files)  # each node uploaded its own state
     assert sum(f.startswith("dcp/__") for f in manifest.files) == 2  # and its own DCP shard
+
+    # preflight over the real nodes: every node probed (versions, code, S3 round trip), 2 worker slots
+    from lexforge.preflight.run import run_preflight
+
+    os.environ["LEXFORGE_RAY_DASHBOARD_URL"] = cluster.dashboard_url
+    try:
+        report = run_preflight(_spec("mn-pf", tiny_model_dir, moto_s3, "mn-pf"))
+        too_big = run_preflight(_spec("mn-pf", tiny_model_dir, moto_s3, "mn-pf").model_copy(
+            update={"resources": straight_spec_resources(3)}))
+    finally:
+        os.environ.pop("LEXFORGE_RAY_DASHBOARD_URL", None)
+    assert report.ok, report.to_markdown()
+    assert len(report.nodes) == 3 and all(n["storage"]["ok"] and n["storage"]["uri"].startswith("s3://")
+                                          for n in report.nodes)
+    capacity = next(c for c in too_big.checks if c.check == "capacity")
+    assert not capacity.ok and "2 worker slot(s)" in capacity.detail and "need 3" in capacity.detail
 
     spec = _spec("mn-kill", tiny_model_dir, moto_s3, "mn-kill")
     os.environ["LEXFORGE_STEP_DELAY_S"] = "1.0"
