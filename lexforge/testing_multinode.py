@@ -1,7 +1,9 @@
 """A Ray cluster of several nodes on one machine, for tests and benchmarks (Ray's own multi-node mechanism).
 
 A head and worker nodes are separate ``ray start --block`` processes, each in its own process group, with its
-own resources, temp dir, ports and node-local disk (``LEXFORGE_NODE_LOCAL_DIR``). Nothing is shared between the
+own loopback address (127.0.0.1 for the head, 127.0.0.2, 127.0.0.3, ... for workers: Ray Train derives node and
+local ranks from node addresses, so nodes must not share one), resources, temp dir, ports and node-local disk
+(``LEXFORGE_NODE_LOCAL_DIR``). Nothing is shared between the
 nodes but the store (S3). Losing a node is drilled for real: :meth:`LocalRayCluster.kill_node` SIGKILLs the
 node's raylet and every process of it and deletes its local disk; with a notice, its Ray Train workers get
 SIGTERM first and the node dies after the grace period (a cloud spot notice, a Kubernetes drain).
@@ -46,6 +48,7 @@ class LocalRayCluster:
     root: Path
     env: dict[str, str] = field(default_factory=dict)  # extra env of every node (e.g. S3 endpoint, auth)
     nodes: dict[str, Node] = field(default_factory=dict)
+    next_ip: int = 2
     gcs_address: str = ""
     dashboard_url: str = ""
 
@@ -83,7 +86,8 @@ class LocalRayCluster:
 
         temp, local = self._node_dirs(name)
         log = self.root / f"{name}.log"
-        cmd = [bin_path("ray"), "start", "--block", "--address", self.gcs_address, "--node-ip-address", "127.0.0.1",
+        ip, self.next_ip = f"127.0.0.{self.next_ip}", self.next_ip + 1
+        cmd = [bin_path("ray"), "start", "--block", "--address", self.gcs_address, "--node-ip-address", ip,
                "--num-cpus", str(num_cpus), "--temp-dir", str(temp), "--disable-usage-stats", *self._ports()]
         if resources:
             cmd += ["--resources", json.dumps(resources)]
