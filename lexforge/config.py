@@ -284,6 +284,15 @@ class JobSpec(_Strict):
                                  f"count in between divides {slots}")
         return self
 
+    def grad_accum_for(self, world_size: int) -> int:
+        """Gradient accumulation that keeps the global batch (per-device batch x accumulation x
+        ``resources.num_workers``) on ``world_size`` workers: an elastic resume on fewer workers accumulates more."""
+        slots = self.hyperparams.gradient_accumulation_steps * self.resources.num_workers
+        if slots % world_size:
+            raise ValueError(f"{world_size} worker(s) cannot keep the global batch of {slots} micro-batches "
+                             f"(gradient_accumulation_steps x num_workers); see resources.min_workers")
+        return slots // world_size
+
     # ---- identity -------------------------------------------------------------------------------------------
     def canonical_json(self) -> str:
         """Canonical JSON of the spec (sorted keys, defaults included)."""
