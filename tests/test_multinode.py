@@ -171,3 +171,30 @@ def test_node_loss_with_notice_loses_no_committed_step_and_a_new_head_resumes_fr
         fresh.stop()
     assert second.status == "completed" and second.resumed_from_step == first.steps
     assert sorted(second.losses) == list(range(first.steps + 1, STEPS + 1))
+
+
+def test_fsdp_elastic_resume_on_fewer_nodes_keeps_the_global_batch(cluster, tiny_model_dir, moto_s3):
+    """min_workers=1: after losing a node and with no replacement, training resumes on one worker instead of
+    waiting; DCP re-shards, accumulation doubles (global batch kept), and every step consumes the same rows as
+    on two workers: the loss trajectory after the resume follows the uninterrupted 2-worker run."""
+    from lexforge.train import run_training
+
+    straight = run_training(_spec("el-straight", tiny_model_dir, moto_s3, "el-straight", strategy="fsdp"))
+    spec = _spec("el-run", tiny_model_dir, moto_s3, "el-run", strategy="fsdp")
+    spec.resources.min_workers = 1
+    os.environ["LEXFORGE_STEP_DELAY_S"] = "1.0"
+    try:
+        t, box = _train_in_thread(spec)
+        records = _records(spec)
+        _wait(lambda: records.committed_steps() and records.committed_steps()[-1] >= EVERY, 300, "a commit")
+        cluster.kill_node("node-b")  # and no replacement
+        t.join(timeout=600)
+    finally:
+        os.environ.pop("LEXFORGE_STEP_DELAY_S", None)
+    assert "error" not in box, box.get("error")
+    r = box["result"]
+    assert r.status == "completed" and r.details["world_size"] == 1 and r.resumed_from_step is not None
+    rows_per_step = 2 * 2 * 2  # per_device_batch_size x gradient_accumulation_steps x num_workers of the spec
+    for m in records.committed():
+        assert m.data_position["rows_consumed"] == m.step * rows_per_step
+    assert_same_trajectory(straight.losses, r.losses, range(r.resumed_from_step + 1, STEPS + 1))

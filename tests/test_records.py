@@ -207,3 +207,14 @@ def test_vllm_engines_leave_the_host_logging_handlers_alone():
         assert h in logging.getLogger().handlers and not closed
     finally:
         logging.getLogger().removeHandler(h)
+
+
+def test_elastic_settings_fail_fast_in_the_spec():
+    from lexforge.config import SpecError
+
+    with pytest.raises(SpecError, match="DeepSpeed ZeRO checkpoints cannot be loaded on another number of workers"):
+        _spec(**{"strategy": "deepspeed-zero3", "resources.num_workers": 4, "resources.min_workers": 2})
+    with pytest.raises(SpecError, match=r"with \[3\] worker\(s\) the global batch"):
+        _spec(**{"resources.num_workers": 4, "resources.min_workers": 2})
+    ok = _spec(**{"resources.num_workers": 4, "resources.min_workers": 2, "hyperparams.gradient_accumulation_steps": 3})
+    assert [ok.grad_accum_for(w) for w in (4, 3, 2)] == [3, 4, 6]
