@@ -24,7 +24,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -55,27 +54,12 @@ def make_spec(name, model, endpoint, steps, every, **resources):
     })
 
 
-def _run_in_thread(spec):
-    from lexforge.train import run_training
-
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = run_training(spec)
-        except BaseException as e:  # noqa: BLE001
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, box
-
-
 def one_case(work: Path, model, endpoint, case: str, steps: int, every: int, **over) -> dict:
     import ray
 
     from lexforge.storage import store_for_spec
     from lexforge.storage.records import RunRecords
+    from lexforge.testing import train_in_thread
     from lexforge.testing_multinode import LocalRayCluster
     from lexforge.train import run_training
 
@@ -91,7 +75,7 @@ def one_case(work: Path, model, endpoint, case: str, steps: int, every: int, **o
     os.environ["LEXFORGE_STEP_DELAY_S"] = "0.5"
     try:
         records = RunRecords(store_for_spec(spec), spec.name)
-        t, box = _run_in_thread(spec)
+        t, box = train_in_thread(spec)
         while not (records.committed_steps() and records.read_progress() and records.read_progress().step > every):
             time.sleep(0.2)
         running = records.read_progress().step

@@ -142,3 +142,23 @@ def ray_train_worker_processes() -> list:
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+def train_in_thread(spec):
+    """Start ``run_training(spec)`` in a daemon thread (so a test or benchmark can kill things meanwhile); returns
+    (thread, box): after ``join`` the box holds ``result`` or ``error``."""
+    import threading
+
+    from lexforge.train import run_training
+
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = run_training(spec)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    t = threading.Thread(target=target, daemon=True, name=f"train-{spec.name}")
+    t.start()
+    return t, box

@@ -9,11 +9,11 @@ the full strategy x method matrix is `bench/bench_multinode.py --matrix` (docs/s
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import pytest
 
+from lexforge.testing import train_in_thread
 from lexforge.testing_multinode import LocalRayCluster
 from tests.test_train import assert_same_trajectory, make_spec
 
@@ -53,22 +53,6 @@ def straight_spec_resources(num_workers: int):
     from lexforge.config import ResourceSpec
 
     return ResourceSpec(num_workers=num_workers, placement="strict_spread")
-
-
-def _train_in_thread(spec):
-    from lexforge.train import run_training
-
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = run_training(spec)
-        except BaseException as e:  # noqa: BLE001
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, box
 
 
 def _records(spec):
@@ -119,7 +103,7 @@ def test_ddp_lora_across_nodes_survives_losing_a_node_without_notice(cluster, ti
     spec = _spec("mn-kill", tiny_model_dir, moto_s3, "mn-kill")
     os.environ["LEXFORGE_STEP_DELAY_S"] = "1.0"
     try:
-        t, box = _train_in_thread(spec)
+        t, box = train_in_thread(spec)
         records = _records(spec)
         _wait(lambda: records.committed_steps() and records.committed_steps()[-1] >= EVERY, 300, "a commit")
         killed_step = records.read_progress().step
@@ -143,7 +127,7 @@ def test_node_loss_with_notice_loses_no_committed_step_and_a_new_head_resumes_fr
     spec = _spec("mn-notice", tiny_model_dir, moto_s3, "mn-notice")
     os.environ["LEXFORGE_STEP_DELAY_S"] = "1.0"
     try:
-        t, box = _train_in_thread(spec)
+        t, box = train_in_thread(spec)
         records = _records(spec)
         _wait(lambda: records.read_progress() and records.read_progress().step >= 3, 300, "step 3")
         cluster.kill_node("node-b", notice_s=4.0)  # spot notice: SIGTERM to its workers, the node dies 4 s later
@@ -184,7 +168,7 @@ def test_fsdp_elastic_resume_on_fewer_nodes_keeps_the_global_batch(cluster, tiny
     spec.resources.min_workers = 1
     os.environ["LEXFORGE_STEP_DELAY_S"] = "1.0"
     try:
-        t, box = _train_in_thread(spec)
+        t, box = train_in_thread(spec)
         records = _records(spec)
         _wait(lambda: records.committed_steps() and records.committed_steps()[-1] >= EVERY, 300, "a commit")
         cluster.kill_node("node-b")  # and no replacement

@@ -14,24 +14,8 @@ import threading
 import pytest
 import yaml
 
-from lexforge.testing import ray_train_worker_processes
+from lexforge.testing import ray_train_worker_processes, train_in_thread
 from tests.test_train import assert_same_trajectory, make_spec, run_with_drill, straight_run
-
-
-def _run_in_thread(spec):
-    from lexforge.train import run_training
-
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = run_training(spec)
-        except BaseException as e:  # noqa: BLE001
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    return t, box
 
 
 @pytest.mark.slow
@@ -42,7 +26,7 @@ def test_worker_sigterm_saves_at_next_step_boundary_then_resumes(tmp_path, tiny_
 
     store = tmp_path / "store"
     spec = make_spec("sigterm-worker", tiny_model_dir, store, steps=400, every=1000)  # no periodic checkpoints
-    t, box = _run_in_thread(spec)
+    t, box = train_in_thread(spec)
     wait_for_progress(open_store(str(store)), spec.name, 2, timeout=300)
     workers = ray_train_worker_processes()
     assert len(workers) == 2
@@ -89,7 +73,7 @@ def test_worker_sigkill_recovered_by_ray_failure_config(tmp_path, tmp_path_facto
     spec = make_spec("sigkill", tiny_model_dir, store, steps=steps, every=2)
     os.environ["LEXFORGE_STEP_DELAY_S"] = "0.5"  # slow the tiny steps down so the kill lands mid-run
     try:
-        t, box = _run_in_thread(spec)
+        t, box = train_in_thread(spec)
         wait_for_progress(open_store(str(store)), spec.name, 3, timeout=600)
         os.kill(ray_train_worker_processes()[0].pid, signal.SIGKILL)
         t.join(timeout=400)
@@ -162,7 +146,7 @@ def test_an_older_attempt_is_fenced_out_when_a_newer_one_claims_the_run(tmp_path
     spec = make_spec("fenced", tiny_model_dir, store, steps=200, every=1)
     os.environ["LEXFORGE_STEP_DELAY_S"] = "0.3"
     try:
-        t, box = _run_in_thread(spec)
+        t, box = train_in_thread(spec)
         records = RunRecords(open_store(str(store)), spec.name)
         wait_for_progress(records.store, spec.name, 3, timeout=300)
         claimed = records.claim_epoch("test: a newer attempt")
