@@ -197,7 +197,8 @@ def test_unusable_openai_rows_are_dropped_with_reasons(tmp_path):
     assert "key 'content' appears twice with different values ('a' and 'b')" in details[15]
     assert "which is not in the row's tools" in details[11]
     assert "NaN is not valid JSON" in details[18]
-    assert "c2" in details[9] and "no tool message answers" in details[10]
+    assert "messages[2] answers 'c2'; the open calls of messages[1] are 'c1'" in details[9]
+    assert "no tool message answers" in details[10]
     assert read_rows(res.path)[1]["messages"][0]["content"] == "fine \U0001f600 pair"
 
 

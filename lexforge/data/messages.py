@@ -240,9 +240,9 @@ def check_turns(msgs: list[dict[str, Any]], where: str, need_final: str | None) 
                                                    "tool calls")
             cid = m.get("tool_call_id")
             if pending and cid not in pending:
-                why = "has no tool_call_id" if cid is None else f"answers {short(cid)}, which is not an open call"
-                raise RowDrop("invalid_tool_call", f"{where}[{i}] {why} of {where}[{caller}] "
-                                                   f"(open: {', '.join(map(short, sorted(pending)))})")
+                why = "has no tool_call_id" if cid is None else f"answers {short(cid)}"
+                raise RowDrop("invalid_tool_call", f"{where}[{i}] {why}; the open calls of {where}[{caller}] are "
+                                                   f"{', '.join(map(short, sorted(pending)))}")
             pending.discard(cid)
             unanswered -= 1
             if unanswered < 0:
