@@ -82,6 +82,9 @@ def canonical_chat(obj: dict) -> tuple[dict, set[str]]:
 
 
 def _check_tool_use(row: dict) -> None:
+    """Calls name listed tools, ``parallel_tool_calls: false`` holds, and some assistant turn is trained on."""
+    if len(row) == 1 and all(len(m) == 2 for m in row["messages"]):  # plain rows: the last turn is the target
+        return
     known = {t["function"]["name"] for t in row.get("tools", ())}
     trainable = False
     for i, m in enumerate(row["messages"]):

@@ -143,6 +143,12 @@ def _weight(raw: Any, where: str) -> int:
 
 def message(m: Any, where: str, repairs: set[str], chat: bool) -> dict[str, Any]:
     """One input message -> a canonical message (``chat``: tool calls, tool messages and weights allowed)."""
+    if type(m) is dict and len(m) == 2 and type(m.get("content")) is str and "role" in m:  # the common case
+        r = role(m["role"], where, repairs)
+        if r == "tool" and not chat:
+            raise RowDrop("unsupported_content", f"{where} is a tool message; tool use is supported in chat (SFT) "
+                                                 "rows only")
+        return {"role": r, "content": text(m["content"], f"{where}.content", repairs)}
     if not isinstance(m, dict):
         raise RowDrop("wrong_type", f"{where} is {type(m).__name__}, expected an object with role and content")
     if "role" not in m and "from" in m:  # ShareGPT style {"from": "human", "value": "..."}
@@ -225,6 +231,19 @@ def check_turns(msgs: list[dict[str, Any]], where: str, need_final: str | None) 
         raise RowDrop("missing_assistant_turn", f"{where} has no assistant turn")
     if roles[0] != "user":
         raise RowDrop("roles_out_of_order", f"{where} starts with {roles[0]!r}; the first turn must be the user's")
+    if "tool" in roles or any("tool_calls" in m for m in body):
+        _check_tool_turns(body, off, where)
+    else:
+        for a, b in zip(roles, roles[1:]):
+            if a == b:
+                raise RowDrop("roles_out_of_order", f"{where} has two {a} turns in a row")
+    if need_final and roles[-1] != need_final:
+        reason = "missing_assistant_turn" if need_final == "assistant" else "roles_out_of_order"
+        raise RowDrop(reason, f"{where} ends with a {roles[-1]} turn; it must end with the {need_final}'s")
+
+
+def _check_tool_turns(body: list[dict[str, Any]], off: int, where: str) -> None:
+    """Turn order with tool use: an assistant turn's calls are answered by the tool messages right after it."""
     caller = -1  # index (in msgs) of the assistant turn whose calls are being answered
     pending: set[str] = set()
     unanswered = 0
@@ -255,9 +274,6 @@ def check_turns(msgs: list[dict[str, Any]], where: str, need_final: str | None) 
                                                f"({where}[{i}] is a {m['role']} turn)")
         elif prev["role"] == m["role"]:
             raise RowDrop("roles_out_of_order", f"{where} has two {m['role']} turns in a row")
-    if need_final and roles[-1] != need_final:
-        reason = "missing_assistant_turn" if need_final == "assistant" else "roles_out_of_order"
-        raise RowDrop(reason, f"{where} ends with a {roles[-1]} turn; it must end with the {need_final}'s")
 
 
 def tools(value: Any, repairs: set[str]) -> list[dict[str, Any]]:
