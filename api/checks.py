@@ -1,21 +1,21 @@
-"""Upload-time validation of fine-tuning files with lexforge.data's sanitizer (the same checks training
-runs), adapted to the API: ``FileCheck`` = ok + the sanitize report + a one-paragraph summary used for
-``status_details`` and in error messages.
+"""Upload-time validation of fine-tuning files with ``lexforge.data.sanitize.check_data``, the code of
+``lexforge data check`` and of the sanitize step training runs, adapted to the API: ``FileCheck`` = ok + the
+sanitize report + a one-paragraph summary used for ``status_details`` and in error messages.
 
 A file is rejected when any row would be dropped for an error (invalid JSON, non-UTF-8, wrong shape,
 unknown role, ...) or when no row is usable, as managed providers reject malformed files. Removals that
 are not errors (exact/near duplicates) and repairs (role aliases, BOMs, whitespace) are accepted and
-reported in ``status_details``. Length checks need the base model's tokenizer and run in the job.
+reported in ``status_details``. Length checks and the chat-template check (``template_cannot_render``) need
+the base model's tokenizer, which is known only when a job names the model: they run in the job's data step.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lexforge.data.sanitize import NOT_ERRORS, DataError, SanitizeOptions, sanitize_file
+from lexforge.data.sanitize import NOT_ERRORS, DataError, SanitizeOptions, check_data
 
 MAX_LISTED_PROBLEMS = 20
 
@@ -56,15 +56,14 @@ def _summary(report: dict[str, Any], problems: list[dict[str, Any]]) -> str:
 
 def check_file(path: Path, data_format: str = "auto") -> FileCheck:
     """Check an uploaded JSONL file (``path`` is a server-side temp file)."""
-    with tempfile.TemporaryDirectory(prefix="lexforge-api-check-") as tmp:
-        try:
-            res = sanitize_file(path, Path(tmp) / "out.jsonl", SanitizeOptions(format=data_format))
-        except DataError as e:
-            msg = str(e).replace(str(path), "file")  # never echo server paths
-            report = {"total": None, "kept": 0, "format": None,
-                      "problems": [{"line": None, "reason": "undetectable_format", "detail": msg}]}
-            return FileCheck(False, report, msg)
-    report = {k: v for k, v in res.report.items() if k not in ("source", "row_log")}
+    try:
+        full = check_data(path, SanitizeOptions(format=data_format))
+    except DataError as e:
+        msg = str(e).replace(str(path), "file")  # never echo server paths
+        report = {"total": None, "kept": 0, "format": None,
+                  "problems": [{"line": None, "reason": "undetectable_format", "detail": msg}]}
+        return FileCheck(False, report, msg)
+    report = {k: v for k, v in full.items() if k not in ("source", "row_log")}
     problems = _problems(report)
     if not report.get("kept") and not problems:
         problems = [{"line": None, "reason": "no_rows", "detail": "the file holds no training rows"}]

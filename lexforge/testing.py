@@ -11,9 +11,21 @@ import json
 import socket
 from pathlib import Path
 
+# ChatML. With ``tools`` (function definitions) a first ``tools`` turn lists them, one JSON object per line, so every
+# prefix of a conversation renders the same tools block (prefix-stable: the loss mask stays exact); an assistant's
+# tool calls follow its text as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (Qwen/Hermes style);
+# tool results are ``tool`` turns. Rows without tools render exactly as plain ChatML.
 CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>tools\n' }}{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% endif %}"
+    "{% for call in message['tool_calls'] or [] %}"
+    "{{ '<tool_call>' + {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson"
+    " + '</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

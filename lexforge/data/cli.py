@@ -68,7 +68,7 @@ def check(
 ) -> None:
     """Report what sanitizing would repair and drop (with line numbers); writes nothing but --report."""
     from lexforge.data.report import print_report
-    from lexforge.data.sanitize import DataError, SanitizeOptions, sanitize_file
+    from lexforge.data.sanitize import DataError, SanitizeOptions, check_data
     from lexforge.data.store import fetch_source
 
     if "://" not in input:
@@ -83,10 +83,9 @@ def check(
         try:
             src = fetch_source(input, Path(tmp))
             with _progress() as p:
-                res = sanitize_file(src, Path(tmp) / "out.jsonl", opts, tokenizer=tok, progress=p)
+                rep = check_data(src, opts, tokenizer=tok, progress=p)  # the API's upload check runs this too
         except (DataError, FileNotFoundError, ValueError) as e:
             _fail(str(e))
-        rep = dict(res.report, row_log=None)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(rep, indent=2) + "\n", encoding="utf-8")

@@ -1,10 +1,13 @@
 """Row formats: classify a parsed JSON object and turn it into a canonical row, naming every repair.
 
-Canonical rows (see docs/dev/store-layout.md):
+Canonical rows (see docs/data.md):
 
-- chat: ``{"messages": [{"role", "content"}, ...]}`` (optional leading system turn, then user/assistant
-  turns, ending with an assistant turn)
-- preference: ``{"prompt", "chosen", "rejected"}``, all strings or all message lists
+- chat: ``{"messages": [...][, "tools": [...]][, "parallel_tool_calls": bool]}``: optional leading system turn,
+  then user/assistant turns (assistant tool calls answered by tool messages), ending with an assistant turn;
+  messages as in :mod:`lexforge.data.messages` (OpenAI's chat fine-tuning format: text parts, ``name``,
+  ``weight``, ``tool_calls``, ``tool_call_id``)
+- preference: ``{"prompt", "chosen", "rejected"}``, all strings or all message lists (TRL's format; OpenAI's DPO
+  format ``{"input": {"messages"}, "preferred_output", "non_preferred_output"}`` is converted to it)
 - grpo: ``{"prompt", "reference"[, "rubric"]}`` (prompt a string or a message list)
 
 ``canonicalize(obj, fmt)`` returns ``(row, repairs)`` or raises :class:`RowDrop` with a reason from
@@ -15,49 +18,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from lexforge.data.normalize import normalize_text
+from lexforge.data import messages as msg
+from lexforge.data.reasons import DROP_REASONS, RowDrop, short
+
+__all__ = ["DROP_REASONS", "FORMATS", "RowDrop", "canonicalize", "classify", "conversations", "detect_format",
+           "with_target"]
 
 FORMATS = ("chat", "preference", "grpo")
-
-#: reason -> what the user should do about it (used in strict-mode errors and the report).
-DROP_REASONS: dict[str, str] = {
-    "invalid_json": "fix the JSON on that line (a truncated export often leaves a half-written last row)",
-    "non_utf8": "re-export the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
-    "not_an_object": "each line must be one JSON object",
-    "wrong_format": "this row belongs to another data format; split the file or convert the row",
-    "missing_field": "add the missing field",
-    "wrong_type": "use a string for every content/prompt/answer field and a list of {role, content} for messages",
-    "unknown_role": "use roles system, user or assistant (aliases human/bot/gpt/model are repaired)",
-    "missing_user_turn": "add a user turn before the assistant answer",
-    "missing_assistant_turn": "add the assistant answer the model should learn (the row must end with it)",
-    "roles_out_of_order": "put the system turn first and alternate user/assistant turns",
-    "empty_content": "fill in the empty turn or remove the row",
-    "identical_pair": "chosen and rejected must differ for preference training",
-    "too_long": "shorten the row, raise data.max_seq_len, or set data.on_too_long=truncate",
-    "duplicate": "remove the repeated row (or set data.dedupe=false)",
-    "near_duplicate": "remove the near-identical row (or set data.near_dedupe=false)",
-    "overlaps_train": "validation rows must not repeat training rows",
-}
-
-ROLE_ALIASES = {
-    "user": "user", "human": "user", "customer": "user", "client": "user",
-    "assistant": "assistant", "bot": "assistant", "gpt": "assistant", "model": "assistant", "ai": "assistant",
-    "system": "system",
-}
-
-
-class RowDrop(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+OPENAI_DPO_KEYS = ("input", "preferred_output", "non_preferred_output")
 
 
 def classify(obj: Any) -> str:
     """Which format a raw row looks like: chat | preference | grpo | completion | unknown."""
     if not isinstance(obj, dict):
         return "unknown"
-    if "chosen" in obj and "rejected" in obj:
+    if ("chosen" in obj and "rejected" in obj) or ("preferred_output" in obj and "non_preferred_output" in obj):
         return "preference"
     if "messages" in obj or "conversations" in obj:
         return "chat"
@@ -69,86 +44,14 @@ def classify(obj: Any) -> str:
     return "unknown"
 
 
-def _text(value: Any, where: str, repairs: set[str]) -> str:
-    if not isinstance(value, str):
-        raise RowDrop("wrong_type", f"{where} is {type(value).__name__}, expected a string")
-    out, r = normalize_text(value)
-    repairs |= r
-    if not out:
-        raise RowDrop("empty_content", f"{where} is empty")
-    return out
-
-
-def _role(raw: Any, where: str, repairs: set[str]) -> str:
-    if not isinstance(raw, str):
-        raise RowDrop("wrong_type", f"{where}.role is {type(raw).__name__}, expected a string")
-    key = raw.strip().lower()
-    role = ROLE_ALIASES.get(key)
-    if role is None:
-        raise RowDrop("unknown_role", f"{where}.role {raw!r} is not system/user/assistant")
-    if role != raw:
-        repairs.add("role_alias")
-    return role
-
-
-def _message(m: Any, where: str, repairs: set[str]) -> dict[str, str]:
-    if not isinstance(m, dict):
-        raise RowDrop("wrong_type", f"{where} is {type(m).__name__}, expected an object with role and content")
-    if "role" not in m and "from" in m:  # ShareGPT style {"from": "human", "value": "..."}
-        m = {"role": m["from"], "content": m.get("value")}
-        repairs.add("sharegpt_keys")
-    if "role" not in m:
-        role_keys = [k for k in m if isinstance(k, str) and k.strip().lower() in ROLE_ALIASES]
-        if len(role_keys) == 1 and len(m) == 1:  # {"user": "..."}: the role field holds the content
-            k = role_keys[0]
-            repairs.add("role_as_key")
-            return {"role": _role(k, where, repairs), "content": _text(m[k], f"{where}.{k}", repairs)}
-        raise RowDrop("missing_field", f"{where} has no 'role' (keys: {sorted(map(str, m))[:6]})")
-    if "content" not in m:
-        raise RowDrop("missing_field", f"{where} has no 'content'")
-    role = _role(m["role"], where, repairs)
-    return {"role": role, "content": _text(m["content"], f"{where}.content", repairs)}
-
-
-def _messages(value: Any, where: str, repairs: set[str]) -> list[dict[str, str]]:
-    if not isinstance(value, list):
-        raise RowDrop("wrong_type", f"{where} is {type(value).__name__}, expected a list of messages")
-    out: list[dict[str, str]] = []
-    for i, m in enumerate(value):
-        try:
-            out.append(_message(m, f"{where}[{i}]", repairs))
-        except RowDrop as e:
-            if e.reason == "empty_content" and isinstance(m, dict) and str(m.get("role", "")).lower() == "system":
-                repairs.add("empty_system_removed")
-                continue
-            raise
-    return out
-
-
-def _check_turns(msgs: list[dict[str, str]], where: str, need_final: str | None) -> None:
-    """Optional leading system turn, then alternating user/assistant; ``need_final`` = required last role."""
-    body = msgs[1:] if msgs and msgs[0]["role"] == "system" else msgs
-    if any(m["role"] == "system" for m in body):
-        raise RowDrop("roles_out_of_order", f"{where}: a system turn may only come first")
-    roles = [m["role"] for m in body]
-    if "user" not in roles:
-        raise RowDrop("missing_user_turn", f"{where} has no user turn")
-    if need_final == "assistant" and "assistant" not in roles:
-        raise RowDrop("missing_assistant_turn", f"{where} has no assistant turn")
-    if roles[0] != "user":
-        raise RowDrop("roles_out_of_order", f"{where} starts with {roles[0]!r}; the first turn must be the user's")
-    for a, b in zip(roles, roles[1:]):
-        if a == b:
-            raise RowDrop("roles_out_of_order", f"{where} has two {a} turns in a row")
-    if need_final and roles[-1] != need_final:
-        reason = "missing_assistant_turn" if need_final == "assistant" else "roles_out_of_order"
-        raise RowDrop(reason, f"{where} ends with a {roles[-1]} turn; it must end with the {need_final}'s")
+def _keys(obj: dict) -> str:
+    return short(sorted(obj)[:6], 120)
 
 
 def _wrong_format(obj: dict, fmt: str) -> None:
     kind = classify(obj)
     if kind not in (fmt, "unknown"):
-        raise RowDrop("wrong_format", f"row looks like {kind} data (keys {sorted(obj)[:6]}) but the format is {fmt}")
+        raise RowDrop("wrong_format", f"row looks like {kind} data (keys {_keys(obj)}) but the format is {fmt}")
 
 
 def canonical_chat(obj: dict) -> tuple[dict, set[str]]:
@@ -160,10 +63,43 @@ def canonical_chat(obj: dict) -> tuple[dict, set[str]]:
         raw = obj["conversations"]
         repairs.add("sharegpt_keys")
     else:
-        raise RowDrop("missing_field", f"no 'messages' list (keys: {sorted(obj)[:6]})")
-    msgs = _messages(raw, "messages", repairs)
-    _check_turns(msgs, "messages", "assistant")
-    return {"messages": msgs}, repairs
+        raise RowDrop("missing_field", f"no 'messages' list (keys: {_keys(obj)})")
+    if obj.get("functions") is not None:
+        raise RowDrop("unsupported_content", "'functions' is OpenAI's deprecated function-calling format; "
+                                             "use 'tools'")
+    msgs = msg.messages(raw, "messages", repairs, chat=True)
+    msg.check_turns(msgs, "messages", "assistant")
+    row: dict[str, Any] = {"messages": msgs}
+    if obj.get("tools") is not None and obj["tools"] != []:  # [] and null: no tools
+        row["tools"] = msg.tools(obj["tools"], repairs)
+    ptc = obj.get("parallel_tool_calls")
+    if ptc is not None:
+        if not isinstance(ptc, bool):
+            raise RowDrop("wrong_type", f"parallel_tool_calls is {short(ptc)}, expected true or false")
+        row["parallel_tool_calls"] = ptc
+    _check_tool_use(row)
+    return row, repairs
+
+
+def _check_tool_use(row: dict) -> None:
+    """Calls name listed tools, ``parallel_tool_calls: false`` holds, and some assistant turn is trained on."""
+    if len(row) == 1 and all(len(m) == 2 for m in row["messages"]):  # plain rows: the last turn is the target
+        return
+    known = {t["function"]["name"] for t in row.get("tools", ())}
+    trainable = False
+    for i, m in enumerate(row["messages"]):
+        calls = m.get("tool_calls") or ()
+        if len(calls) > 1 and row.get("parallel_tool_calls") is False:
+            raise RowDrop("invalid_tool_call", f"messages[{i}] makes {len(calls)} tool calls but "
+                                               "parallel_tool_calls is false")
+        for j, c in enumerate(calls):
+            if known and c["function"]["name"] not in known:
+                raise RowDrop("invalid_tool_call", f"messages[{i}].tool_calls[{j}] calls "
+                                                   f"{short(c['function']['name'])}, which is not in the row's tools "
+                                                   f"({', '.join(sorted(known))})")
+        trainable |= m["role"] == "assistant" and m.get("weight", 1) == 1
+    if not trainable:
+        raise RowDrop("no_trainable_turn", "every assistant turn has weight 0")
 
 
 def _alias(obj: dict, names: tuple[str, ...], repairs: set[str], required: bool = True) -> Any:
@@ -173,25 +109,25 @@ def _alias(obj: dict, names: tuple[str, ...], repairs: set[str], required: bool 
                 repairs.add("field_alias")
             return obj[n]
     if required:
-        raise RowDrop("missing_field", f"missing {names[0]!r} (keys: {sorted(obj)[:6]})")
+        raise RowDrop("missing_field", f"missing {names[0]!r} (keys: {_keys(obj)})")
     return None
 
 
-def _prompt(value: Any, repairs: set[str]) -> str | list[dict[str, str]]:
+def _prompt(value: Any, repairs: set[str], where: str = "prompt") -> str | list[dict[str, Any]]:
     if isinstance(value, list):
-        msgs = _messages(value, "prompt", repairs)
-        _check_turns(msgs, "prompt", "user")
+        msgs = msg.messages(value, where, repairs)
+        msg.check_turns(msgs, where, "user")
         return msgs
-    return _text(value, "prompt", repairs)
+    return msg.text(value, where, repairs)
 
 
-def _answer(value: Any, where: str, repairs: set[str]) -> str | list[dict[str, str]]:
+def _answer(value: Any, where: str, repairs: set[str]) -> str | list[dict[str, Any]]:
     if isinstance(value, list):
-        msgs = _messages(value, where, repairs)
+        msgs = msg.messages(value, where, repairs)
         if not msgs or any(m["role"] != "assistant" for m in msgs):
             raise RowDrop("roles_out_of_order", f"{where} must hold only assistant turns")
         return msgs
-    return _text(value, where, repairs)
+    return msg.text(value, where, repairs)
 
 
 def _split_implicit_prompt(chosen: list, rejected: list) -> tuple[list, list, list]:
@@ -202,30 +138,61 @@ def _split_implicit_prompt(chosen: list, rejected: list) -> tuple[list, list, li
     return chosen[:n], chosen[n:], rejected[n:]
 
 
+def _openai_dpo(obj: dict, repairs: set[str]) -> tuple[Any, Any, Any]:
+    """OpenAI's DPO row ``{"input": {"messages", "tools"?, "parallel_tool_calls"?}, "preferred_output": [...],
+    "non_preferred_output": [...]}`` -> (prompt, chosen, rejected) as given."""
+    if "chosen" in obj or "rejected" in obj:
+        raise RowDrop("wrong_format", "row mixes TRL keys (chosen/rejected) and OpenAI DPO keys "
+                                      "(preferred_output/non_preferred_output); use one")
+    missing = [k for k in OPENAI_DPO_KEYS if k not in obj]
+    if missing:
+        raise RowDrop("missing_field", f"OpenAI DPO rows need {', '.join(OPENAI_DPO_KEYS)} (missing {missing})")
+    inp = obj["input"]
+    if not isinstance(inp, dict):
+        raise RowDrop("wrong_type", f"input is {type(inp).__name__}, expected an object with 'messages'")
+    if "messages" not in inp:
+        raise RowDrop("missing_field", f"input has no 'messages' (keys: {_keys(inp)})")
+    if inp.get("tools"):
+        raise RowDrop("unsupported_content", "input.tools: tool use is supported in chat (SFT) rows, not yet in "
+                                             "preference (DPO) rows")
+    if inp.get("parallel_tool_calls") is not None and not isinstance(inp["parallel_tool_calls"], bool):
+        raise RowDrop("wrong_type", "input.parallel_tool_calls must be true or false")
+    if not isinstance(inp["messages"], list):
+        raise RowDrop("wrong_type", f"input.messages is {type(inp['messages']).__name__}, expected a list")
+    repairs.add("openai_dpo_keys")
+    return inp["messages"], obj["preferred_output"], obj["non_preferred_output"]
+
+
 def canonical_preference(obj: dict) -> tuple[dict, set[str]]:
     repairs: set[str] = set()
     _wrong_format(obj, "preference")
-    if "chosen" not in obj or "rejected" not in obj:
-        raise RowDrop("missing_field", f"preference rows need 'chosen' and 'rejected' (keys: {sorted(obj)[:6]})")
-    raw_prompt = _alias(obj, ("prompt", "question", "messages"), repairs, required=False)
-    chosen_raw, rejected_raw = obj["chosen"], obj["rejected"]
+    if "preferred_output" in obj or "non_preferred_output" in obj:
+        raw_prompt, chosen_raw, rejected_raw = _openai_dpo(obj, repairs)
+        where = "input.messages"
+    else:
+        if "chosen" not in obj or "rejected" not in obj:
+            raise RowDrop("missing_field", "preference rows need 'chosen' and 'rejected' (TRL) or 'input', "
+                                           f"'preferred_output' and 'non_preferred_output' (OpenAI) (keys: {_keys(obj)})")
+        raw_prompt = _alias(obj, ("prompt", "question", "messages"), repairs, required=False)
+        chosen_raw, rejected_raw = obj["chosen"], obj["rejected"]
+        where = "prompt"
     if raw_prompt is None:
         if not (isinstance(chosen_raw, list) and isinstance(rejected_raw, list)):
             raise RowDrop("missing_field", "missing 'prompt' (needed unless chosen/rejected are whole conversations)")
-        c = _messages(chosen_raw, "chosen", repairs)
-        r = _messages(rejected_raw, "rejected", repairs)
+        c = msg.messages(chosen_raw, "chosen", repairs)
+        r = msg.messages(rejected_raw, "rejected", repairs)
         prompt, chosen, rejected = _split_implicit_prompt(c, r)
         if not prompt:
             raise RowDrop("missing_field", "chosen and rejected share no prompt turns and no 'prompt' is given")
-        _check_turns(prompt, "prompt", "user")
+        msg.check_turns(prompt, "prompt", "user")
         repairs.add("implicit_prompt_extracted")
         for name, part in (("chosen", chosen), ("rejected", rejected)):
             if not part or any(m["role"] != "assistant" for m in part):
                 raise RowDrop("roles_out_of_order", f"{name} must continue the shared prompt with assistant turns")
     else:
-        prompt = _prompt(raw_prompt, repairs)
-        chosen = _answer(chosen_raw, "chosen", repairs)
-        rejected = _answer(rejected_raw, "rejected", repairs)
+        prompt = _prompt(raw_prompt, repairs, where)
+        chosen = _answer(chosen_raw, "preferred_output" if where != "prompt" else "chosen", repairs)
+        rejected = _answer(rejected_raw, "non_preferred_output" if where != "prompt" else "rejected", repairs)
     shapes = {isinstance(x, list) for x in (prompt, chosen, rejected)}
     if len(shapes) > 1:  # mixed strings and message lists: unify as message lists
         repairs.add("preference_shape_unified")
@@ -242,10 +209,10 @@ def canonical_grpo(obj: dict) -> tuple[dict, set[str]]:
     repairs: set[str] = set()
     _wrong_format(obj, "grpo")
     prompt = _prompt(_alias(obj, ("prompt", "question", "query"), repairs), repairs)
-    ref = _text(_alias(obj, ("reference", "answer", "solution"), repairs), "reference", repairs)
+    ref = msg.text(_alias(obj, ("reference", "answer", "solution"), repairs), "reference", repairs)
     row: dict[str, Any] = {"prompt": prompt, "reference": ref}
     if obj.get("rubric") is not None:
-        row["rubric"] = _text(obj["rubric"], "rubric", repairs)
+        row["rubric"] = msg.text(obj["rubric"], "rubric", repairs)
     return row, repairs
 
 
@@ -261,12 +228,13 @@ def canonicalize(obj: Any, fmt: str) -> tuple[dict, set[str]]:
 # ---- conversations for token counting ------------------------------------------------------------------------
 
 
-def _as_messages(x: str | list, role: str) -> list[dict[str, str]]:
+def _as_messages(x: str | list, role: str) -> list[dict[str, Any]]:
     return [{"role": role, "content": x}] if isinstance(x, str) else list(x)
 
 
-def conversations(row: dict, fmt: str) -> list[list[dict[str, str]]]:
-    """The token sequences a row turns into at training time (the last message of each is the target)."""
+def conversations(row: dict, fmt: str) -> list[list[dict[str, Any]]]:
+    """The token sequences a row turns into at training time (the last message of each is the target; a chat
+    row's ``tools`` go with its one conversation)."""
     if fmt == "chat":
         return [row["messages"]]
     prompt = _as_messages(row["prompt"], "user")
@@ -280,7 +248,7 @@ def with_target(row: dict, fmt: str, index: int, text: str) -> dict:
     if fmt == "chat":
         msgs = [dict(m) for m in row["messages"]]
         msgs[-1]["content"] = text
-        return {"messages": msgs}
+        return dict(row, messages=msgs)
     out = dict(row)
     if fmt == "grpo":
         out["reference"] = text

@@ -28,13 +28,13 @@ def _has_any(s: str, chars: str) -> bool:
 
 
 def normalize_text(s: str) -> tuple[str, set[str]]:
-    """Cheap ``in``/``isprintable`` checks first; the regexes only run on text that needs them."""
+    """Cheap ``in``/``isprintable`` checks first; the regexes only run on text that needs them.
+
+    NFC comes last: removing a zero-width or control character can put a combining mark next to its base
+    letter, and the result must already be normalised (sanitizing sanitized text changes nothing)."""
     repairs: set[str] = set()
     out = s
     if not s.isascii():
-        if not unicodedata.is_normalized("NFC", out):
-            out = unicodedata.normalize("NFC", out)
-            repairs.add("unicode_nfc")
         if _has_any(out, "\u00a0\u2007\u202f"):
             out = _NBSP.sub(" ", out)
             repairs.add("nbsp")
@@ -58,6 +58,9 @@ def normalize_text(s: str) -> tuple[str, set[str]]:
         if t != out:
             repairs.add("whitespace_runs")
             out = t
+    if not out.isascii() and not unicodedata.is_normalized("NFC", out):
+        out = unicodedata.normalize("NFC", out)
+        repairs.add("unicode_nfc")
     return out, repairs
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: note -> what it means (notes are observations on kept rows, not changes: see docs/data.md)
+NOTES = {"name_ignored_by_template": "the chat template does not render message `name`s: training will not see them"}
+
 
 def _lines(lines: list[int], truncated: bool, limit: int = 12) -> str:
     shown = ", ".join(map(str, lines[:limit]))
@@ -37,6 +40,11 @@ def report_markdown(report: dict) -> str:
         out += ["", "| repair | rows | lines |", "|---|---:|---|"]
         for kind, r in report["repairs"].items():
             out.append(f"| {kind} | {r['rows']} | {_lines(r['lines'], r['rows'] > len(r['lines']))} |")
+    if report.get("notes"):
+        out += ["", "| note (row kept unchanged) | rows | lines | meaning |", "|---|---:|---|---|"]
+        for kind, r in report["notes"].items():
+            out.append(f"| {kind} | {r['rows']} | {_lines(r['lines'], r['rows'] > len(r['lines']))} | "
+                       f"{NOTES.get(kind, '')} |")
     return "\n".join(out) + "\n"
 
 
@@ -65,6 +73,13 @@ def print_report(report: dict, console: Any = None) -> None:
             t.add_column(c)
         for kind, r in report["repairs"].items():
             t.add_row(kind, str(r["rows"]), _lines(r["lines"], r["rows"] > len(r["lines"])))
+        console.print(t)
+    if report.get("notes"):
+        t = Table(title="notes (row kept unchanged)")
+        for c in ("note", "rows", "lines", "meaning"):
+            t.add_column(c, overflow="fold")
+        for kind, r in report["notes"].items():
+            t.add_row(kind, str(r["rows"]), _lines(r["lines"], r["rows"] > len(r["lines"])), NOTES.get(kind, ""))
         console.print(t)
     if ts:
         tok = escape(str(report.get("tokenizer")))

@@ -20,6 +20,7 @@ from typing import Any
 from lexforge.data.formats import DROP_REASONS, FORMATS, RowDrop, canonicalize, detect_format
 from lexforge.data.hashindex import HashIndex
 from lexforge.data.normalize import NEAR_DELETE, hash64
+from lexforge.data.parse import JsonParser
 
 BATCH = 256
 DETECT_LINES = 1000
@@ -105,7 +106,7 @@ def sniff_format(path: Path, n: int = DETECT_LINES) -> str:
                 break
             try:
                 objs.append(json.loads(raw.decode("utf-8").lstrip("\ufeff")))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: bad JSON, NaN, huge ints
                 continue
     fmt = detect_format(objs)
     if fmt is None:
@@ -173,13 +174,16 @@ class _RunState:
         self.total = self.kept = self.repaired = self.blank = 0
         self.drops: dict[str, dict] = {}
         self.repairs: dict[str, dict] = {}
+        self.notes: dict[str, dict] = {}
         self.pending: list[tuple[int, dict, set[str], bytes, int]] = []
         self.split_hashes, self.token_counts = array("Q"), array("I")
         self.writer: Any = None
         self.log: Any = None
+        self.parser = JsonParser()
 
     # ---- bookkeeping -------------------------------------------------------------------------------------------
     def drop(self, lineno: int, reason: str, detail: str) -> None:
+        detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")  # printable and storable, always
         if self.opts.strict and reason not in NOT_ERRORS:
             raise DataError(f"{self.src}:{lineno}: {reason}: {detail}. What to do: {DROP_REASONS[reason]} "
                             "(or run without strict mode to drop such rows with a report)")
@@ -191,8 +195,15 @@ class _RunState:
             d["examples"].append({"line": lineno, "detail": detail})
         self.log.write(json.dumps({"line": lineno, "action": "dropped", "reason": reason, "detail": detail}) + "\n")
 
+    def _count_lines(self, table: dict[str, dict], kinds: Any, lineno: int) -> None:
+        for r in sorted(kinds):
+            e = table.setdefault(r, {"rows": 0, "lines": []})
+            e["rows"] += 1
+            if len(e["lines"]) < self.opts.max_lines_per_reason:
+                e["lines"].append(lineno)
+
     def keep(self, lineno: int, row: dict, repairs: set[str], tokens: int | None, data: bytes | None = None,
-             ekey: int | None = None) -> None:
+             ekey: int | None = None, notes: frozenset = frozenset()) -> None:
         if data is None:  # rows changed after the duplicate check (truncation) are serialised again
             data = _serialise(row)
             ekey = hash64(data)
@@ -204,12 +215,11 @@ class _RunState:
         self.kept += 1
         if repairs:
             self.repaired += 1
-            for r in sorted(repairs):
-                e = self.repairs.setdefault(r, {"rows": 0, "lines": []})
-                e["rows"] += 1
-                if len(e["lines"]) < self.opts.max_lines_per_reason:
-                    e["lines"].append(lineno)
+            self._count_lines(self.repairs, repairs, lineno)
             self.log.write(json.dumps({"line": lineno, "action": "repaired", "repairs": sorted(repairs)}) + "\n")
+        if notes:  # kept unchanged, but training will not see all of it (e.g. the template ignores `name`)
+            self._count_lines(self.notes, notes, lineno)
+            self.log.write(json.dumps({"line": lineno, "action": "noted", "notes": sorted(notes)}) + "\n")
 
     # ---- per line ----------------------------------------------------------------------------------------------
     def line(self, lineno: int, raw: bytes) -> None:
@@ -225,15 +235,10 @@ class _RunState:
         if text.startswith("\ufeff"):
             text = text[1:]
             repairs.add("bom")
+        tail = "" if raw.endswith(b"\n") else " (last line has no newline: the file looks truncated)"
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            tail = "" if raw.endswith(b"\n") else " (last line has no newline: the file looks truncated)"
-            msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg
-            return self.drop(lineno, "invalid_json", f"{msg} at column {e.colno}{tail}")
-        except RecursionError:
-            return self.drop(lineno, "invalid_json", "nesting too deep")
-        try:
+            obj, r = self.parser.parse(text, truncated_hint=tail)
+            repairs |= r
             row, r = canonicalize(obj, self.fmt)
         except RowDrop as e:
             return self.drop(lineno, e.reason, e.detail)
@@ -275,13 +280,13 @@ class _RunState:
                 self.keep(lineno, row, repairs, None, data, ekey)
             return
         measured = counter.measure([b[1] for b in batch], self.fmt)
-        for (lineno, _, repairs, data, ekey), (row, n, truncated, detail) in zip(batch, measured):
-            if row is None:
-                self.drop(lineno, "too_long", detail)
-            elif truncated:
-                self.keep(lineno, row, repairs | {"truncated"}, n)
+        for (lineno, _, repairs, data, ekey), m in zip(batch, measured):
+            if m.row is None:
+                self.drop(lineno, m.reason, m.detail)
+            elif m.truncated:
+                self.keep(lineno, m.row, repairs | {"truncated"}, m.tokens, notes=m.notes)
             else:
-                self.keep(lineno, row, repairs, n, data, ekey)
+                self.keep(lineno, m.row, repairs, m.tokens, data, ekey, notes=m.notes)
 
     # ---- result ------------------------------------------------------------------------------------------------
     def report(self, detected: bool, seconds: float, log_path: Path) -> dict:
@@ -303,6 +308,7 @@ class _RunState:
             "dropped_total": dropped,
             "blank_lines": self.blank,
             "repairs": dict(sorted(self.repairs.items())),
+            "notes": dict(sorted(self.notes.items())),
             "dropped": dict(sorted(self.drops.items())),
             "sanitized_sha256": self.out_hash.hexdigest(),
             "tokenizer": tokenizer_name(counter.tok) if counter else None,
@@ -317,7 +323,8 @@ class _RunState:
 
 def sanitize_file(src: str | Path, out: str | Path, options: SanitizeOptions | None = None, tokenizer: Any = None,
                   progress: Any = None) -> SanitizeResult:
-    """Sanitize one JSONL file (see :class:`Sanitizer`); ``tokenizer`` enables length checks and token stats."""
+    """Sanitize one JSONL file (see :class:`Sanitizer`); ``tokenizer`` enables length checks, the chat-template
+    check (``template_cannot_render``) and token stats."""
     opts = options or SanitizeOptions()
     counter = None
     if tokenizer is not None:
@@ -325,3 +332,14 @@ def sanitize_file(src: str | Path, out: str | Path, options: SanitizeOptions | N
 
         counter = TokenCounter(tokenizer, opts.max_seq_len, opts.on_too_long)
     return Sanitizer(opts, counter).run(Path(src), Path(out), progress=progress)
+
+
+def check_data(src: str | Path, options: SanitizeOptions | None = None, tokenizer: Any = None,
+               progress: Any = None) -> dict:
+    """The report of ``lexforge data check`` and of the API's upload check (one code path): sanitize into a
+    temporary directory that is removed afterwards; ``row_log`` is None (the row log went with it)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lexforge-check-") as tmp:
+        res = sanitize_file(src, Path(tmp) / "out.jsonl", options, tokenizer=tokenizer, progress=progress)
+    return dict(res.report, row_log=None)

@@ -186,19 +186,32 @@ def _as_messages(x: Any, role: str) -> list[dict]:
     return x if isinstance(x, list) else [{"role": role, "content": str(x)}]
 
 
-def tokenize_chat(row: dict, tokenizer, max_len: int) -> dict | None:
-    """Token ids + labels where only assistant message content (and its end marker) is trained on."""
-    msgs = row["messages"]
-    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+def assistant_spans(row: dict, tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans to train on: each assistant turn (its text, its tool
+    calls and its end marker) unless it has ``weight: 0``. Tool results, user and system turns are context.
+
+    Rendering goes through :mod:`lexforge.data.render` (the renderer the sanitizer's token counter uses, with the
+    row's ``tools``), and each span is cut where the template puts the turn: prefix renders must be prefixes
+    of the whole, else the mask cannot be exact and this raises."""
+    from lexforge.data.render import render, template_messages
+
+    msgs, tools = template_messages(row["messages"]), row.get("tools")
+    text = render(tokenizer, msgs, tools)
     spans: list[tuple[int, int]] = []
-    for i, m in enumerate(msgs):
-        if m["role"] != "assistant":
+    for i, m in enumerate(row["messages"]):
+        if m["role"] != "assistant" or m.get("weight", 1) == 0:
             continue
-        start = len(tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)) if i else 0
-        end = len(tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False))
-        if text[:end] != tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False):
+        head = render(tokenizer, msgs[:i], tools, add_generation_prompt=True) if i else ""
+        upto = render(tokenizer, msgs[: i + 1], tools)
+        if not (text.startswith(upto) and upto.startswith(head)):
             raise DataError("the chat template is not prefix-stable; cannot mask non-assistant tokens")
-        spans.append((start, end))
+        spans.append((len(head), len(upto)))
+    return text, spans
+
+
+def tokenize_chat(row: dict, tokenizer, max_len: int) -> dict | None:
+    """Token ids + labels where only the trained assistant turns (see :func:`assistant_spans`) count."""
+    text, spans = assistant_spans(row, tokenizer)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [tok if any(s <= a < e for s, e in spans) else IGNORE for tok, (a, _b) in zip(ids, offsets)]
