@@ -174,7 +174,7 @@ def assert_report(rep: dict, n_lines: int) -> None:
 def check_everything(data: bytes, fmt: str, tok) -> None:
     from rich.console import Console
 
-    from lexforge.api.checks import check_file
+    from api.checks import check_file
     from lexforge.data.report import print_report
 
     with tempfile.TemporaryDirectory() as d:

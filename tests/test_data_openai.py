@@ -266,10 +266,10 @@ def test_openai_dpo_rows_next_to_trl_rows(tmp_path, tok):
 def test_api_upload_checks_openai_files_and_dpo_jobs_take_them(tmp_path, lexforge_home, tiny_model_dir, tok):
     """The API's upload check (service level, no servers) on the issue's messy export, on OpenAI chat files with
     tools, and an OpenAI DPO file through a method=dpo job's validation, spec and data step."""
-    from lexforge.api.errors import ApiError
-    from lexforge.api.jobs import JobCreate, build_spec
-    from lexforge.api.service import FineTuningService
-    from lexforge.api.settings import ApiSettings
+    from api.errors import ApiError
+    from api.jobs import JobCreate, build_spec
+    from api.service import FineTuningService
+    from api.settings import ApiSettings
 
     svc = FineTuningService(ApiSettings(api_keys=("k",), store_root=str(tmp_path / "store"),
                                         db_path=tmp_path / "api.db", prefect_api_url="http://127.0.0.1:9"))
@@ -321,7 +321,7 @@ def cli():
 
 
 def test_token_stats_planner_inputs_and_upload_report_agree(cli, tmp_path, tiny_model_dir, tok):
-    from lexforge.api.checks import check_file
+    from api.checks import check_file
     from lexforge.plan import plan_training
 
     rows = [tool_row(), tool_row(parallel_tool_calls=False) | {"messages": tool_row()["messages"][1:]},
