@@ -1,4 +1,5 @@
-"""evaluate: score the run's trained output, the base model or the current champion on the eval suites."""
+"""evaluate: score the run's trained output, the base model or the current champion on the eval suites
+(through the eval cache: the same weights, suites and settings are evaluated once)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _target(spec, model: str) -> tuple[str, str | None]:
     if model == "champion":
         from lexforge.registry import resolve_servable
 
-        s = resolve_servable(spec.promotion.registered_model, "champion")
+        s = resolve_servable(spec.promotion.registered_model, "champion", tracking_uri=spec.tracking.resolved_uri())
         return str(s.base_model), (str(s.adapter_path) if s.adapter_path else None)
     out = jobs.fetch_output(spec, {})
     if (out / "adapter_config.json").is_file():
