@@ -193,3 +193,55 @@ def test_the_chosen_checkpoint_is_registered_with_its_reason(sft_run, mlflow_ser
     assert v.tags["checkpoint.metric"] == "heldout_nll" and "held-out rows" in v.tags["checkpoint.reason"]
     assert [c["step"] for c in json.loads(v.tags["checkpoint.scores"])] == [2, 4, 6]
     assert v.tags["dataset_digest"] == Trained.lineage["dataset_digest"]
+
+
+DEEPSPEED_RUN = r"""
+import json, os, sys
+import torch
+import torch.distributed as dist
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from test_checkpoint_choice import _spec, _train
+from lexforge.config import spec_from_dict
+from lexforge.evaluate.checkpoints import export_checkpoint, select_checkpoint
+from lexforge.storage import store_for_spec
+from safetensors.torch import load_file
+
+torch.set_num_threads(1)
+tmp, base = Path(sys.argv[2]), Path(sys.argv[3])
+d = _spec("choice-ds", tmp, base).model_dump(mode="json")
+d["strategy"] = "deepspeed-zero2"
+d["hyperparams"]["max_steps"] = 4
+spec = spec_from_dict(d)
+dist.init_process_group("gloo", rank=0, world_size=1)  # DeepSpeed wants a process group, as under Ray Train
+try:
+    prepared = _train(spec)
+finally:
+    dist.destroy_process_group()
+out = store_for_spec(spec).local_path("runs/choice-ds/output")
+choice = select_checkpoint(spec, out, 4, prepared.heldout_path, work_dir=tmp / "work")
+exported = export_checkpoint(spec, 4, tmp / "ds-export-4")
+a, b = load_file(exported / "adapter_model.safetensors"), load_file(Path(out) / "adapter_model.safetensors")
+print("RESULT " + json.dumps({"choice": choice.to_dict(), "same_keys": sorted(a) == sorted(b),
+                              "max_diff": max(float((a[k] - b[k]).abs().max()) for k in a)}))
+"""
+
+
+def test_deepspeed_zero_checkpoints_are_read_back(tiny_model_dir, tmp_path, lexforge_home):
+    """ZeRO-2 checkpoints (DeepSpeed's own shards) of a real run, through zero_to_fp32: the final one holds the
+    trainer's output weights exactly. In a subprocess: DeepSpeed and the process group stay out of this one."""
+    import os
+    import subprocess
+    import sys
+
+    from lexforge.testing import free_port
+
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LEXFORGE_HOME": str(lexforge_home)}
+    r = subprocess.run([sys.executable, "-c", DEEPSPEED_RUN, str(Path(__file__).parent), str(tmp_path),
+                        str(tiny_model_dir)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    assert res["same_keys"] and res["max_diff"] == 0.0
+    assert [c["step"] for c in res["choice"]["candidates"]] == [2, 4]
+    assert res["choice"]["chosen_step"] == min(res["choice"]["candidates"], key=lambda c: (c["value"], -c["step"]))["step"]
