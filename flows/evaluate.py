@@ -1,4 +1,5 @@
-"""evaluate: score the run's trained output, the base model or the current champion on the eval suites."""
+"""evaluate: score the run's trained output, the base model or the current champion on the eval suites
+(through the eval cache: the same weights, suites and settings are evaluated once)."""
 
 from __future__ import annotations
 

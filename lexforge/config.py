@@ -182,14 +182,28 @@ class EvalSpec(_Strict):
     batch_size: int = Field(8, gt=0)
     engine: Literal["auto", "vllm", "transformers"] = "auto"
     closed_weight: float = Field(0.5, ge=0, le=1, description="Weight of closed tasks in the blended score.")
+    select_checkpoint: Literal["last", "best"] = Field(
+        "last", description="last = register the final weights; best = score the last `checkpoint_candidates` "
+        "committed checkpoints on the held-out split of the training data (never the eval suites) and register the "
+        "best one.")
+    checkpoint_candidates: int = Field(3, gt=0, description="How many of the newest committed checkpoints "
+                                                            "select_checkpoint=best scores (at most checkpoint.keep_last exist).")
+    cache: bool = Field(True, description="Reuse a stored report of the same weights, suites and eval settings "
+                                          "(the base model is evaluated once, not per run).")
 
 
 class PromotionSpec(_Strict):
     registered_model: str = "lexforge-legal"
-    min_improvement: float = Field(0.0, ge=0, description="Challenger must beat champion's blended score by this.")
+    min_improvement: float = Field(0.0, ge=0, description="Challenger's blended score must exceed the baseline's "
+                                                          "(champion, or the base model when there is none) by this.")
     max_suite_regression: float = Field(0.02, ge=0, description="No suite may drop by more than this.")
     require_not_costlier: bool = False
     auto_promote: bool = True
+    confidence: float = Field(0.9, gt=0.5, lt=1.0, description="Level of the confidence intervals and of the "
+                              "paired test: the challenger must be distinguishably better at this level.")
+    allow_ties: bool = Field(False, description="Promote a challenger that is not distinguishably better or worse "
+                                                "than the baseline (default: only a distinguishable win promotes).")
+    bootstrap_samples: int = Field(2000, ge=200, le=100000, description="Bootstrap resamples for intervals.")
 
 
 class StorageSpec(_Strict):

@@ -136,6 +136,16 @@ def run_demo(spec_path: Path, overrides: list[str], serve_port: int, question: s
                      ("model name", "served_model"), ("API key file", "api_key_file")):
         t.add_row(label, str(summary[k]))
     console.print(t)
+    if result.get("decision"):  # base model, champion and candidate side by side (lexforge.registry.views)
+        from lexforge.registry.views import comparison_rows
+
+        rows = comparison_rows(result["decision"])
+        ct = Table(title="eval gate: base model vs fine-tuned candidate (same questions, same decoding)")
+        for col in rows[0]:
+            ct.add_column(col)
+        for r in rows:
+            ct.add_row(*r.values())
+        console.print(ct)
     if not keep_serving:
         _run([sys.executable, "-m", "lexforge.cli", "down"], env, "stopping the embedded stack")
     else:

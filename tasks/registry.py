@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
 from lexforge.config import JobSpec
@@ -18,10 +18,10 @@ def _model_url(spec: JobSpec, name: str, version) -> str | None:
 
 
 @task(name="register", cache_policy=NONE, retries=1, retry_delay_seconds=5)
-def register(spec: JobSpec, trained, report):
+def register(spec: JobSpec, trained, report, choice: dict | None = None):
     from lexforge.registry import register_model
 
-    mv = register_model(spec, trained, report)
+    mv = register_model(spec, trained, report, selection=choice if choice and choice.get("mode") == "best" else None)
     url = _model_url(spec, mv.name, mv.version)
     get_run_logger().info("registered %s version %s (%s)", mv.name, mv.version, mv.source_uri)
     create_markdown_artifact(
@@ -47,12 +47,16 @@ def _decision_markdown(spec: JobSpec, name: str, version, decision, promoted: bo
 
 
 @task(name="decide-promotion", cache_policy=NONE)
-def decide(spec: JobSpec, name: str, version):
-    from lexforge.registry import decide_promotion
+def decide(spec: JobSpec, name: str, version, reports: dict | None = None):
+    """Gate ``version`` against the champion (or the base model); ``reports``: the eval reports at hand
+    (candidate / base / champion), so nothing is evaluated or downloaded twice."""
+    from lexforge.registry import comparison_rows, decide_promotion
 
-    decision = decide_promotion(spec, name, version)
-    get_run_logger().info("promotion decision for %s v%s: promote=%s %s", name, version, decision.promote,
-                          getattr(decision, "reasons", ""))
+    decision = decide_promotion(spec, name, version, reports=reports)
+    get_run_logger().info("promotion decision for %s v%s (vs %s): promote=%s verdict=%s %s", name, version,
+                          decision.baseline, decision.promote, decision.verdict, decision.reasons)
+    create_table_artifact(key=artifact_key("model-comparison", spec), table=comparison_rows(decision),
+                          description=f"base model, champion and candidate v{version} of {name}, with intervals")
     return decision
 
 

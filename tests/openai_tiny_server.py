@@ -1,8 +1,12 @@
 """A minimal OpenAI-compatible chat server over a real local HF model (greedy decoding), used as the LLM judge
-in tests: ``python tests/openai_tiny_server.py MODEL_DIR PORT [REQUIRED_KEY]``. Binds 127.0.0.1 only."""
+in tests: ``python tests/openai_tiny_server.py MODEL_DIR PORT [REQUIRED_KEY]``. Binds 127.0.0.1 only.
+
+``$TINY_SERVER_FAIL_IF_CONTAINS``: answer HTTP 500 to every request whose messages contain that text (a judge
+that breaks down on some items)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -18,6 +22,7 @@ tok = AutoTokenizer.from_pretrained(model_dir)
 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 app = FastAPI()
 calls = {"n": 0}
+fail_marker = os.environ.get("TINY_SERVER_FAIL_IF_CONTAINS")
 
 
 @app.get("/health")
@@ -35,6 +40,8 @@ def chat(body: dict, authorization: str | None = Header(None)):
     if required_key and authorization != f"Bearer {required_key}":
         raise HTTPException(401, "bad api key")
     calls["n"] += 1
+    if fail_marker and any(fail_marker in str(m.get("content", "")) for m in body["messages"]):
+        raise HTTPException(500, "judge model crashed on this item")
     text = tok.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
     enc = tok(text, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():

@@ -3,6 +3,7 @@ LLM judge served over a real OpenAI-compatible HTTP endpoint by a real (tiny, ta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -105,8 +106,9 @@ def yes_adapter(tiny_model_dir, tmp_path_factory):
     """A LoRA adapter on the tiny model that answers the yes/no prompts with "Yes"."""
     task = load_task(YES_NO)
     prompts = [task.render(r) for r in task.train_rows]
+    # lr 1e-2: on the 64-wide tiny Llama a LoRA at 3e-2 oscillates and never learns the reply
     return teach_fixed_reply(tiny_model_dir, tmp_path_factory.mktemp("yes") / "adapter", prompts, "Yes",
-                             lora=True, steps=100)
+                             lora=True, steps=100, lr=1e-2)
 
 
 def test_run_eval_transformers_adapter_closed_open_blend_cost(tmp_path, tiny_model_dir, yes_adapter):
@@ -121,6 +123,12 @@ def test_run_eval_transformers_adapter_closed_open_blend_cost(tmp_path, tiny_mod
     for r in (base, tuned):
         assert {k: v["n"] for k, v in r.suites.items()} == n_test
         assert r.engine == "transformers"
+        # every score carries its bootstrap interval at promotion.confidence
+        assert r.confidence == 0.9 and r.blended_ci[0] <= r.blended <= r.blended_ci[1]
+        for s in r.suites.values():
+            assert s["ci"][0] <= s["score"] <= s["ci"][1] and len(s["digest"]) == 64
+        assert r.settings["engine"] == {"requested": "transformers", "dtype": "auto", "max_model_len": 1024,
+                                        "max_lora_rank": 64}  # the serving settings (context capped at the model's)
     # the adapter really is applied: it changes what the model says, towards "Yes"
     base_out = [i["output"] for i in base.suites["yes_no"]["items"]]
     tuned_out = [i["output"] for i in tuned.suites["yes_no"]["items"]]
@@ -176,6 +184,62 @@ def test_cli_compare_shows_models_side_by_side_with_cost(tmp_path, tiny_model_di
     assert "| 2.00 |" in rows["base"] and "| 4.00 |" in rows["tuned"]
 
 
+def test_eval_prompts_are_the_serving_engines_prompts(tiny_model_dir):
+    """Both eval engines get the token ids the serving engine builds for the same chat request."""
+    from types import SimpleNamespace
+
+    from lexforge.evaluate.generate import load_tokenizer, prompt_token_ids
+    from lexforge.serve.engine import Engine
+
+    task = load_task(YES_NO)
+    prompts = [task.render(r) for r in task.test_rows[:6]]
+    tok = load_tokenizer(str(tiny_model_dir))
+    served = [Engine.chat_prompt_ids(SimpleNamespace(tokenizer=tok), [{"role": "user", "content": p}]) for p in prompts]
+    assert prompt_token_ids(tok, prompts) == served
+
+
+def test_eval_cache_evaluates_once_and_its_key_follows_weights_suites_settings(tmp_path, tiny_model_dir):
+    import shutil
+
+    from lexforge.evaluate.cache import evaluate_cached, report_cache_key
+    from lexforge.evaluate.identity import weights_digest
+
+    suite = tmp_path / "yes_no"
+    shutil.copytree(YES_NO, suite)
+    spec = _spec(tmp_path, [{"name": "yes_no", "path": str(suite)}], max_new_tokens=2)
+    first = evaluate_cached(spec, str(tiny_model_dir), label="base")
+    again = evaluate_cached(spec, str(tiny_model_dir), label="base-again")
+    assert first.extra["cache"]["hit"] is False and again.extra["cache"] == {
+        "key": first.extra["cache"]["key"], "hit": True, "first_label": "base"}
+    assert again.created_at == first.created_at and again.suites == first.suites  # not generated again
+    saved = json.loads((tmp_path / "store" / "runs" / "evaltest" / "eval" / "base-again.json").read_text())
+    assert saved["label"] == "base-again" and (tmp_path / "store" / "eval-cache" / f"{first.extra['cache']['key']}.json").is_file()
+
+    key = report_cache_key(spec, str(tiny_model_dir), None)
+    assert key == first.extra["cache"]["key"]
+    # the prompts / decoding / engine settings
+    for override in ({"max_new_tokens": 3}, {"engine": "vllm"}, {"closed_weight": 0.2}):
+        other = _spec(tmp_path, [{"name": "yes_no", "path": str(suite)}], **{"max_new_tokens": 2, **override})
+        assert report_cache_key(other, str(tiny_model_dir), None) != key, override
+    assert report_cache_key(_spec(tmp_path, [{"name": "yes_no", "path": str(suite)}], model={"dtype": "float32"},
+                                  max_new_tokens=2), str(tiny_model_dir), None) != key
+    # the base weights (a hidden marker file is not part of them)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    assert report_cache_key(spec, str(model), None) == key
+    (model / ".lexforge_complete").write_text("downloaded")
+    assert weights_digest(model) == weights_digest(tiny_model_dir)
+    w = model / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.write_bytes(bytes(data))
+    assert report_cache_key(spec, str(model), None) != key
+    # a suite file
+    with open(suite / "test.tsv", "a") as f:
+        f.write("999\tIs this a new question?\tYes\tnone\n")
+    assert report_cache_key(spec, str(tiny_model_dir), None) != key
+
+
 def test_cost_from_planner(tmp_path, tiny_model_dir):
     pytest.importorskip("lexforge.plan")
     spec = _spec(tmp_path, [{"name": "mcq", "path": MCQ}])
@@ -191,8 +255,8 @@ def test_cost_from_planner(tmp_path, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def judge_server(tiny_model_dir, tmp_path_factory):
-    """A tiny model taught to grade with "SCORE: 2", served by an OpenAI-compatible HTTP server requiring a key."""
+def judge_model(tiny_model_dir, tmp_path_factory):
+    """A tiny model taught to grade with "SCORE: 2"."""
     task = load_task(EXPLAIN)
     rows = task.train_rows + task.test_rows[:3]
     answers = ["", "The Act says so.", "six years", "An action shall not be brought after six years."]
@@ -201,17 +265,28 @@ def judge_server(tiny_model_dir, tmp_path_factory):
     from lexforge.evaluate.judge import JUDGE_SYSTEM
 
     d = tmp_path_factory.mktemp("judge")
-    model_dir = teach_fixed_reply(tiny_model_dir, d / "judge-model", prompts, "Partly right.\nSCORE: 2", lora=False,
-                                  steps=60, lr=3e-3, system=JUDGE_SYSTEM)
-    port, key = free_port(), "judge-secret-value-123"
-    log = d / "judge.log"
+    return teach_fixed_reply(tiny_model_dir, d / "judge-model", prompts, "Partly right.\nSCORE: 2", lora=False,
+                             steps=60, lr=3e-3, system=JUDGE_SYSTEM)
+
+
+@contextlib.contextmanager
+def serve_judge(model_dir: Path, log: Path, key: str, env: dict | None = None):
+    """The judge model behind a real OpenAI-compatible HTTP server requiring ``key``; yields its /v1 URL."""
+    port = free_port()
     proc = spawn([sys.executable, str(Path(__file__).parent / "openai_tiny_server.py"), str(model_dir), str(port), key],
-                 log)
+                 log, env=env)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc, log_path=log)
-        yield f"http://127.0.0.1:{port}/v1", key
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         stop_group(proc.pid)
+
+
+@pytest.fixture(scope="module")
+def judge_server(judge_model, tmp_path_factory):
+    key = "judge-secret-value-123"
+    with serve_judge(judge_model, tmp_path_factory.mktemp("judge-log") / "judge.log", key) as url:
+        yield url, key
 
 
 def test_open_suite_scored_by_llm_judge(tmp_path, tiny_model_dir, judge_server, monkeypatch):
@@ -235,6 +310,32 @@ def test_open_suite_scored_by_llm_judge(tmp_path, tiny_model_dir, judge_server, 
     assert r.blended == pytest.approx(0.5 * r.closed + 0.5 * ex["score"])
     dumped = json.dumps(r.to_dict()) + (tmp_path / "store" / "runs" / "evaltest" / "eval" / "judged.json").read_text()
     assert key not in dumped  # the secret never reaches the report
+
+
+def test_judge_failing_on_an_item_counts_as_a_failure_never_a_pass(tmp_path, tiny_model_dir, judge_model,
+                                                                     monkeypatch):
+    """A judge that breaks down on one question (HTTP 500 after the client's retries): that item scores 0 with the
+    error recorded, the rest is graded, and the suite reports the failure count and the verbosity check."""
+    rows = load_task(EXPLAIN).test_rows
+    marker = rows[0]["text"]
+    key = "judge-secret-value-123"
+    monkeypatch.setenv("LEXFORGE_JUDGE_API_KEY", key)
+    with serve_judge(judge_model, tmp_path / "judge.log", key, env={"TINY_SERVER_FAIL_IF_CONTAINS": marker}) as url:
+        spec = _spec(tmp_path, [{"name": "explain", "path": EXPLAIN, "kind": "open"}],
+                     judge={"base_url": url, "model": "tiny-judge"}, max_new_tokens=4)
+        r = run_eval(spec, str(tiny_model_dir), label="flaky-judge")
+    ex = r.suites["explain"]
+    failed = [i for i in ex["items"] if i["verdict"]["error"]]
+    assert len(failed) == sum(marker in row["text"] for row in rows) >= 1
+    assert all(i["score"] == 0.0 and i["verdict"]["normalised"] == 0.0 and not i["verdict"]["parsed"] and
+               "500" in i["verdict"]["error"] for i in failed)
+    assert ex["judge_failures"] == len(failed) and ex["unparsed_verdicts"] == sum(
+        not i["verdict"]["parsed"] and not i["verdict"]["error"] for i in ex["items"])
+    assert ex["score"] == pytest.approx(sum(i["score"] for i in ex["items"]) / ex["n"])
+    assert ex["n"] == len(rows)  # the failed item is in the denominator: not skipped, not given a grade
+    bias = ex["length_bias"]
+    assert bias["n"] == ex["n"] and set(bias) == {"pearson", "spearman", "n"}
+    assert f"{len(failed)} items the judge did not answer (scored 0)" in r.to_markdown()
 
 
 def test_judge_bad_key_is_a_clear_error_without_the_key(tmp_path, tiny_model_dir, judge_server, monkeypatch):
@@ -310,6 +411,9 @@ def test_eval_cli_vllm_engine_with_lora(tmp_path):
     assert rep == json.loads((tmp_path / "store" / "runs" / "vllmeval" / "eval" / "vllm.json").read_text())
     assert rep["engine"] == "vllm" and rep["engine_fallback_reason"] is None
     assert rep["base_model"] == str(model) and rep["cost"]["usd_per_hour"] == 1.5
+    # scored as served: the serving engine's dtype, context length and LoRA rank limit (lexforge.serve.settings)
+    assert rep["settings"]["engine"] == {"requested": "vllm", "dtype": "float32", "max_model_len": 1024,
+                                         "max_lora_rank": 64}
     yn = rep["suites"]["yes_no"]
     assert yn["n"] == len(task.test_rows)
     # every held-out row was generated (greedy) and scored from what vLLM actually said

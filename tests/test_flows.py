@@ -237,7 +237,9 @@ def _real_spec(tmp_path: Path, tiny_model_dir: Path, mlflow_url: str, name: str,
         "eval": {"engine": "transformers", "max_new_tokens": 4, "batch_size": 16, "suites": [
             {"name": "statute_yes_no", "path": str(tasks / "statute_yes_no"), "kind": "closed"},
             {"name": "statute_explain", "path": str(tasks / "statute_explain"), "kind": "open"}]},
-        "promotion": {"registered_model": f"lexforge-{name}", "max_suite_regression": 1.0},
+        # a few steps on a random tiny model cannot be distinguishably better than its base: these tests check the
+        # pipeline's mechanics, so ties with the base model are allowed (the gate itself: test_eval_stats/registry)
+        "promotion": {"registered_model": f"lexforge-{name}", "max_suite_regression": 1.0, "allow_ties": True},
         "storage": {"root": str(tmp_path / "store")},
         "tracking": {"mlflow_uri": mlflow_url, "experiment": f"flows-{name}"},
     }

@@ -13,8 +13,7 @@ import pytest
 
 from lexforge.stack import MLFLOW_SERVER_ENV
 
-from lexforge.config import PromotionSpec, spec_from_dict
-from lexforge.evaluate import EvalReport
+from lexforge.config import spec_from_dict
 from lexforge.procs import bin_path, spawn, stop_group, wait_http
 from lexforge.registry import (
     PromotionRefused,
@@ -29,24 +28,23 @@ from lexforge.registry import (
     weights_digest,
 )
 from lexforge.registry.core import aliases_of, client
-from lexforge.registry.policy import evaluate_policy
+from lexforge.samples import sample_path
 from lexforge.testing import free_port
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_helpers import yes_no_mcq_report  # noqa: E402
+
+TASKS = sample_path("legalbench", "tasks")
 
 import torch  # noqa: E402
 
 torch.set_num_threads(1)  # 2 shared cores
 
 
-def _report(label, yes_no, mcq, explain, open_metric="reference_overlap", cost=None, closed_weight=0.5):
-    suites = {"yes_no": {"kind": "closed", "metric": "balanced_accuracy", "score": yes_no, "n": 58},
-              "mcq": {"kind": "closed", "metric": "balanced_accuracy", "score": mcq, "n": 10},
-              "explain": {"kind": "open", "metric": "reference_overlap_token_f1", "score": explain, "n": 10}}
-    closed = (yes_no + mcq) / 2
-    return EvalReport(label=label, suites=suites, closed=closed, open=explain,
-                      blended=closed_weight * closed + (1 - closed_weight) * explain, open_metric=open_metric,
-                      closed_weight=closed_weight,
-                      cost=None if cost is None else {"usd_per_hour": cost, "source": "input",
-                                                      "score_per_usd_hour": None})
+def _report(label, yes_no_right, mcq_right, cost=None):
+    """A report as run_eval writes it (real scorers, real intervals) for a model right on the first
+    ``yes_no_right`` of the 58 yes/no items and the first ``mcq_right`` of the 10 multiple-choice items."""
+    return yes_no_mcq_report(label, yes_no_right, mcq_right, cost=cost)
 
 
 def _train_result(spec, adapter_dir: Path, base: Path, digest="d" * 64):
@@ -59,12 +57,12 @@ def _train_result(spec, adapter_dir: Path, base: Path, digest="d" * 64):
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model_dir, tmp_path_factory):
-    """Three real PEFT LoRA adapters on the tiny model (different seeds -> different weights)."""
+    """Four real PEFT LoRA adapters on the tiny model (different seeds -> different weights)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     out = []
-    for seed in range(3):
+    for seed in range(4):
         torch.manual_seed(seed)
         m = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
@@ -74,39 +72,14 @@ def adapters(tiny_model_dir, tmp_path_factory):
     return out
 
 
-def _spec(name, tmp_path, **promotion):
+def _spec(name, tmp_path, base=None, **promotion):
     return spec_from_dict({"name": name, "data": {"train": "unused.jsonl"},
                            "storage": {"root": str(tmp_path / "store")},
+                           **({"model": {"base": str(base)}} if base else {}),
+                           "eval": {"engine": "transformers", "max_new_tokens": 4, "batch_size": 32, "suites": [
+                               {"name": "yes_no", "path": str(TASKS / "statute_yes_no")},
+                               {"name": "mcq", "path": str(TASKS / "statute_mcq")}]},
                            "promotion": {"registered_model": name, **promotion}})
-
-
-# ---- the policy itself ----------------------------------------------------------------------------------------
-
-
-def _scores(blended, suites, metric="judge", cost=None):
-    return {"blended": blended, "closed": None, "open": None, "open_metric": metric, "cost_usd_per_hour": cost,
-            "suites": suites}
-
-
-def test_policy_margin_regression_cost_and_comparability():
-    pol = PromotionSpec(min_improvement=0.05, max_suite_regression=0.02, require_not_costlier=True)
-    champ = _scores(0.60, {"a": 0.6, "b": 0.6}, cost=4.0)
-    ok, why = evaluate_policy(pol, _scores(0.70, {"a": 0.8, "b": 0.59}, cost=4.0), champ)
-    assert ok, why
-    ok, why = evaluate_policy(pol, _scores(0.64, {"a": 0.7, "b": 0.6}, cost=4.0), champ)
-    assert not ok and any(r.startswith("FAIL blended") for r in why)  # +0.04 < margin 0.05
-    ok, why = evaluate_policy(pol, _scores(0.80, {"a": 1.0, "b": 0.55}, cost=4.0), champ)
-    assert not ok and any(r.startswith("FAIL suite b") for r in why)  # b dropped 0.05 > 0.02
-    ok, why = evaluate_policy(pol, _scores(0.80, {"a": 1.0, "b": 0.6}, cost=8.5), champ)
-    assert not ok and any(r.startswith("FAIL cost") for r in why)
-    ok, why = evaluate_policy(pol, _scores(0.80, {"a": 1.0, "b": 0.6}, metric="reference_overlap", cost=4.0), champ)
-    assert not ok and any("not comparable" in r for r in why)
-    ok, why = evaluate_policy(pol, _scores(0.80, {"a": 1.0}, cost=4.0), champ)
-    assert not ok and any("suite b" in r and "not evaluated" in r for r in why)
-    ok, why = evaluate_policy(PromotionSpec(), _scores(0.6, {"a": 0.6}), _scores(0.6, {"a": 0.6}))
-    assert not ok  # equal is not "beating" the champion
-    ok, why = evaluate_policy(PromotionSpec(), _scores(0.1, {}), None)
-    assert ok and "no current champion" in why[0]
 
 
 # ---- registry on a real MLflow server ------------------------------------------------------------------------
@@ -119,81 +92,99 @@ def test_register_gate_promote_resolve_rollback_audit(mlflow_server, tmp_path, t
     name = "legal-reg-a"
     spec = _spec(name, tmp_path, min_improvement=0.01, max_suite_regression=0.02)
 
-    v1 = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("v1", 0.6, 0.5, 0.3))
+    base = _report("base", 20, 3)  # what the base model scored on the same items
+    r1 = _report("v1", 35, 5)
+    v1 = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), r1)
     assert v1.version == "1" and v1.aliases == ["challenger"]
     # registering the same weights again (a pipeline resumed after registration) returns the same version
-    again = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("v1", 0.6, 0.5, 0.3))
+    again = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), r1)
     assert again.version == "1" and again.aliases == ["challenger"]
     assert [v.version for v in client().search_model_versions(f"name = '{name}'")] == ["1"]
     assert v1.tags["weights_digest"] == weights_digest(adapters[0]) and len(v1.tags["register_key"]) == 32
     assert v1.tags["base_model"] == str(tiny_model_dir) and v1.tags["spec_hash"] == spec.spec_hash()
     assert v1.tags["dataset_digest"] == "d" * 64 and v1.tags["is_adapter"] == "true"
-    assert float(v1.tags["eval.blended"]) == pytest.approx(0.5 * 0.55 + 0.5 * 0.3)
-    assert float(v1.tags["eval.suite.mcq"]) == pytest.approx(0.5)
+    assert float(v1.tags["eval.blended"]) == pytest.approx(r1.blended, abs=1e-6)
+    assert float(v1.tags["eval.suite.mcq"]) == pytest.approx(r1.suites["mcq"]["score"], abs=1e-6)
+    assert json.loads(v1.tags["eval.blended_ci"]) == pytest.approx(r1.blended_ci, abs=1e-6)
 
-    d1 = decide_promotion(spec, name, "1")
-    assert d1.promote and d1.champion is None
+    # no champion yet: the base model is the baseline (without its report the gate cannot pass)
+    d0 = decide_promotion(spec, name, "1", record=False)
+    assert not d0.promote and "no report of the base model" in d0.reasons[0]
+    d1 = decide_promotion(spec, name, "1", reports={"base": base})
+    assert d1.promote and d1.champion is None and d1.baseline == "base" and d1.verdict == "better", d1.reasons
     promote(name, "1", d1, reason="first model")
     c = client()
     assert aliases_of(c, name) == {"champion": "1"}  # challenger alias consumed by the promotion
+    mv1 = c.get_model_version(name, "1")
+    assert mv1.tags["promotion.baseline"] == "base" and mv1.tags["promotion.verdict"] == "better"
+    assert "| yes_no (closed) |" in mv1.description and "base model" in mv1.description  # shown on the version
 
-    # v2: better blended, but one suite regresses beyond tolerance -> refused, reasons recorded
-    v2 = register_model(spec, _train_result(spec, adapters[1], tiny_model_dir), _report("v2", 0.9, 0.4, 0.5))
+    # v2: better blended, but one suite regresses beyond tolerance -> refused, reasons recorded. The champion's
+    # report (with its items) comes back from the registry.
+    v2 = register_model(spec, _train_result(spec, adapters[1], tiny_model_dir), _report("v2", 58, 4))
     d2 = decide_promotion(spec, name, v2.version)
-    assert not d2.promote and any("suite mcq" in r for r in d2.failed_reasons())
+    assert d2.baseline == "champion" and d2.verdict == "better"
+    assert not d2.promote and any(r.startswith("FAIL suite mcq") for r in d2.failed_reasons())
     with pytest.raises(PromotionRefused, match="suite mcq"):
         promote(name, v2.version, d2)
     tags2 = c.get_model_version(name, "2").tags
     assert tags2["promotion.decision"] == "reject" and "suite mcq" in tags2["promotion.reasons"]
-    assert "KEEP CHAMPION" in d2.to_markdown() and "| suite mcq | 0.4000 | 0.5000 |" in d2.to_markdown()
+    md = d2.to_markdown()
+    assert "KEEP v1" in md and "| mcq (closed) |" in md and "compared with champion v1" in md
     assert aliases_of(c, name) == {"champion": "1", "challenger": "2"}
 
-    # v3: beats on every count -> promoted; v1 becomes previous_champion first, champion never missing
-    v3 = register_model(spec, _train_result(spec, adapters[2], tiny_model_dir), _report("v3", 0.7, 0.52, 0.4))
+    # v3: one more right answer than the champion: a higher score, but not distinguishable -> refused
+    v3 = register_model(spec, _train_result(spec, adapters[2], tiny_model_dir), _report("v3", 36, 5))
     d3 = decide_promotion(spec, name, v3.version)
-    assert d3.promote, d3.reasons
-    promote(name, v3.version, d3)
-    # (registering v3 moved @challenger to v3; promoting it consumed the alias)
-    assert aliases_of(c, name) == {"champion": "3", "previous_champion": "1"}
-    t3 = c.get_model_version(name, "3").tags
-    assert t3["promotion.promoted_by"] == "alice@firm" and t3["promotion.replaced_version"] == "1"
+    assert not d3.promote and d3.verdict == "not distinguishable"
+    assert any("not distinguishable at 90%" in r for r in d3.failed_reasons())
 
-    # resolve @champion to local, servable files: the exact adapter registered as v3, loadable by PEFT
+    # v4: distinguishably better on every count -> promoted; v1 becomes previous_champion first
+    v4 = register_model(spec, _train_result(spec, adapters[3], tiny_model_dir), _report("v4", 52, 6))
+    d4 = decide_promotion(spec, name, v4.version)
+    assert d4.promote, d4.reasons
+    promote(name, v4.version, d4)
+    # (registering v4 moved @challenger to v4; promoting it consumed the alias)
+    assert aliases_of(c, name) == {"champion": "4", "previous_champion": "1"}
+    t4 = c.get_model_version(name, "4").tags
+    assert t4["promotion.promoted_by"] == "alice@firm" and t4["promotion.replaced_version"] == "1"
+
+    # resolve @champion to local, servable files: the exact adapter registered as v4, loadable by PEFT
     s = resolve_servable(f"models:/{name}@champion")
-    assert s.version == "3" and s.base_model == str(tiny_model_dir)
+    assert s.version == "4" and s.base_model == str(tiny_model_dir)
     ad = Path(s.adapter_path)
     assert (ad / "adapter_config.json").is_file()
-    assert (ad / "adapter_model.safetensors").read_bytes() == (adapters[2] / "adapter_model.safetensors").read_bytes()
+    assert (ad / "adapter_model.safetensors").read_bytes() == (adapters[3] / "adapter_model.safetensors").read_bytes()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(s.base_model), s.adapter_path)
 
-    # rollback: champion back to v1 in one move; v3 marked; no further rollback target
-    back = rollback(name, reason="client complaint about v3")
+    # rollback: champion back to v1 in one move; v4 marked; no further rollback target
+    back = rollback(name, reason="client complaint about v4")
     assert back.version == "1"
     assert aliases_of(c, name) == {"champion": "1"}
-    t3 = c.get_model_version(name, "3").tags
-    assert t3["promotion.status"] == "rolled_back" and t3["promotion.rollback_reason"] == "client complaint about v3"
+    t4 = c.get_model_version(name, "4").tags
+    assert t4["promotion.status"] == "rolled_back" and t4["promotion.rollback_reason"] == "client complaint about v4"
     with pytest.raises(RegistryError, match="no previous_champion"):
         rollback(name)
     assert resolve_servable(name, "champion").version == "1"
 
     log = audit_log(name)
     actions = [e["action"] for e in log]
-    assert actions.count("register") == 3 and actions.count("promote") == 2 and actions[-1] == "rollback"
+    assert actions.count("register") == 4 and actions.count("promote") == 2 and actions[-1] == "rollback"
     assert all(e["by"] == "alice@firm" and e["at"] for e in log)
-    assert log[-1]["version"] == "1" and log[-1]["from_version"] == "3"
+    assert log[-1]["version"] == "1" and log[-1]["from_version"] == "4"
     assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
     # the decision and audit entries are also artifacts of the version's run
-    run_files = [f.path for f in c.list_artifacts(c.get_model_version(name, "3").run_id, "promotion")]
+    run_files = [f.path for f in c.list_artifacts(c.get_model_version(name, "4").run_id, "promotion")]
     assert any(p.endswith(".md") for p in run_files) and any(p.endswith(".json") for p in run_files)
-    assert [v.version for v in list_versions(name)] == ["1", "2", "3"]
+    assert [v.version for v in list_versions(name)] == ["1", "2", "3", "4"]
 
 
 def test_cli_promote_auto_list_rollback(mlflow_server, tmp_path, tiny_model_dir, adapters):
     name = "legal-reg-cli"
-    spec = _spec(name, tmp_path, require_not_costlier=True)
+    spec = _spec(name, tmp_path, base=tiny_model_dir, require_not_costlier=True)
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(spec.to_yaml())
     env = {**os.environ, "LEXFORGE_ACTOR": "bob@firm", "LEXFORGE_HOME": str(tmp_path / "home")}
@@ -202,12 +193,20 @@ def test_cli_promote_auto_list_rollback(mlflow_server, tmp_path, tiny_model_dir,
         return subprocess.run([sys.executable, "-m", "lexforge.cli", *args], capture_output=True, text=True,
                               env=env, timeout=300)
 
-    register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("a", 0.5, 0.5, 0.2, cost=4.0))
+    register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("a", 40, 6, cost=4.0))
+    # no champion: the gate needs the base model's report on the same suites, and says how to get it
     r = cli("promote", name, "--auto", "--spec", str(spec_file))
-    assert r.returncode == 0, r.stderr
-    assert "PROMOTE" in r.stdout
+    assert r.returncode == 1 and "lexforge eval SPEC --baseline" in r.stdout
+    # evaluated once (the tiny random base really generates), then stored in the eval cache
+    r = cli("eval", str(spec_file), "--baseline", "--cost-per-hour", "4.0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = cli("eval", str(spec_file), "--baseline", "--cost-per-hour", "4.0")
+    assert r.returncode == 0 and "stored report of the same weights" in r.stderr
+    r = cli("promote", name, "--auto", "--spec", str(spec_file))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PROMOTE v1" in r.stdout and "compared with the base model" in r.stdout
     # costlier challenger is refused under require_not_costlier (exit 1, champion unchanged)
-    register_model(spec, _train_result(spec, adapters[1], tiny_model_dir), _report("b", 0.9, 0.9, 0.5, cost=8.5))
+    register_model(spec, _train_result(spec, adapters[1], tiny_model_dir), _report("b", 58, 10, cost=8.5))
     r = cli("promote", name, "--auto", "--spec", str(spec_file))
     assert r.returncode == 1 and "FAIL cost" in r.stdout
     # a person can force it; recorded as FORCED with their reason
@@ -245,8 +244,8 @@ def test_registry_with_s3_artifacts(moto_s3, tmp_path, tiny_model_dir, adapters,
         monkeypatch.setenv("LEXFORGE_HOME", str(tmp_path / "home"))
         name = "legal-reg-s3"
         spec = _spec(name, tmp_path)
-        v = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("s3", 0.5, 0.5, 0.5))
-        promote(name, v.version, decide_promotion(spec, name, v.version))
+        v = register_model(spec, _train_result(spec, adapters[0], tiny_model_dir), _report("s3", 40, 6))
+        promote(name, v.version, decide_promotion(spec, name, v.version, reports={"base": _report("base", 20, 3)}))
         keys = [o["Key"] for o in boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1")
                 .list_objects_v2(Bucket="mlflow-art")["Contents"]]
         assert any(k.endswith("model/adapter_model.safetensors") for k in keys)

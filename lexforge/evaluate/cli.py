@@ -1,4 +1,5 @@
-"""``lexforge eval SPEC [--adapter PATH] [--label NAME]``: run the eval gate and print the leaderboard row."""
+"""``lexforge eval SPEC [--adapter PATH] [--label NAME] [--baseline]``: evaluate a model on the spec's suites and
+print its leaderboard row (scores with intervals)."""
 
 from __future__ import annotations
 
@@ -27,14 +28,24 @@ def register(app: typer.Typer) -> None:
         compare: list[str] = typer.Option([], "--compare", "-c",
                                           help="Label of an earlier report of this run to show side by side "
                                                "(score, $/hour, score per $/hour); repeatable"),
+        baseline: bool = typer.Option(False, "--baseline",
+                                      help="Evaluate the spec's base model (label 'base'): the gate's baseline when "
+                                           "there is no champion"),
     ) -> None:
         """Evaluate a model (+adapter) on the spec's held-out LegalBench-layout suites."""
         import os
 
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries only the report
         from lexforge.config import SpecError, load_spec
-        from lexforge.evaluate import EvalError, leaderboard_markdown, load_report, run_eval
+        from lexforge.evaluate import EvalError, leaderboard_markdown, load_report
+        from lexforge.evaluate.cache import evaluate_cached
         from lexforge.evaluate.tasks import TaskError
+
+        if baseline and (adapter or label != "candidate"):
+            console.print("[red]--baseline evaluates the base model as label 'base': drop --adapter / --label[/]")
+            raise typer.Exit(2)
+        if baseline:
+            label = "base"
 
         try:
             spec = load_spec(spec_path, override + ([f"eval.engine={engine}"] if engine else []))
@@ -46,7 +57,9 @@ def register(app: typer.Typer) -> None:
             try:
                 others.append(load_report(spec, other))
             except (FileNotFoundError, KeyError, OSError) as e:
-                console.print(f"[red]--compare {other}: no saved report runs/{spec.name}/eval/{other}.json "
+                from lexforge.storage.layout import RunLayout
+
+                console.print(f"[red]--compare {other}: no saved report {RunLayout(spec.name).eval_report(other)} "
                               f"in {spec.storage.root or '$LEXFORGE_HOME/store'} ({type(e).__name__}); evaluate it "
                               f"first with --label {other}[/]")
                 raise typer.Exit(2)
@@ -55,10 +68,10 @@ def register(app: typer.Typer) -> None:
         try:
             with Progress(console=console, transient=True) as prog:
                 task = prog.add_task(f"generating ({label})", total=None)
-                report = run_eval(spec, base_model or spec.model.base, str(adapter) if adapter else None, label,
-                                  cost_per_hour=cost_per_hour, gpu=gpu,
-                                  progress=lambda done, total: prog.update(task, completed=done, total=total))
-        except (EvalError, TaskError, ValueError, FileNotFoundError) as e:
+                report = evaluate_cached(spec, base_model or spec.model.base, str(adapter) if adapter else None,
+                                         label, cost_per_hour=cost_per_hour, gpu=gpu,
+                                         progress=lambda done, total: prog.update(task, completed=done, total=total))
+        except (EvalError, TaskError, ValueError, FileNotFoundError, RuntimeError) as e:
             console.print(f"[red]eval failed: {e}[/]")
             raise typer.Exit(2)
         if as_json:
@@ -68,3 +81,6 @@ def register(app: typer.Typer) -> None:
                 print("## Leaderboard\n\n" + leaderboard_markdown([*others, report]) + "\n")
             print(report.to_markdown())
         console.print(report.summary_line())
+        if (report.extra.get("cache") or {}).get("hit"):
+            console.print("(stored report of the same weights, suites and settings; `--set eval.cache=false` "
+                          "evaluates again)")

@@ -3,7 +3,9 @@
 The judge sees the question, the reference answer, the task's rubric and the candidate answer, and must end
 its reply with ``SCORE: <n>``. Scores are normalised to 0..1 by the rubric's scale (``Score 0-3`` in the
 rubric text; 0-10 when the rubric names none). A verdict without a parseable score counts as 0 and is
-flagged (``parsed: false``) so a broken judge cannot silently inflate a model.
+flagged (``parsed: false``), and an item the judge did not answer at all (an error after retries) counts as 0
+and is flagged (``error``), so a broken judge can never silently pass a model. A judge that answers no item
+at all is an error, not a score.
 
 The API key is read from the env var named by ``judge.api_key_env`` at call time; only the variable's
 *name* ever reaches reports, logs or MLflow.
@@ -41,6 +43,7 @@ class Verdict:
     score: float | None  # on the rubric's scale; None = unparseable
     normalised: float  # 0..1 (0 when unparseable)
     parsed: bool
+    error: str | None = None  # the judge did not answer this item (after retries): counted as 0
 
 
 def rubric_scale(rubric: str) -> tuple[int, int]:
@@ -114,20 +117,31 @@ class Judge:
     def grade(self, items: list[dict]) -> list[Verdict]:
         """``items``: dicts with question, reference, rubric, answer. Returns one verdict per item, in order."""
         prompts = [build_judge_prompt(i["question"], i["reference"], i.get("rubric", ""), i["answer"]) for i in items]
-        try:
-            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                raws = list(pool.map(self._one, prompts))
-        except Exception as e:  # connection / auth / model errors: say which endpoint, never the key
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            answers = list(pool.map(self._answer, prompts))
+        errors = [err for _, err in answers if err is not None]
+        if items and len(errors) == len(items):  # connection / auth / model errors: say which endpoint, never the key
             hint = ("; start it with `lexforge serve` (or set eval.judge.base_url/model to another judge) and put "
                     "its key in $" + self.spec.api_key_env) if self.spec.source == "platform" else ""
-            raise RuntimeError(f"judge {self.spec.model!r} at {self.spec.base_url} failed: "
-                               f"{type(e).__name__}: {e}{hint}") from None
+            raise RuntimeError(f"judge {self.spec.model!r} at {self.spec.base_url} failed on every item: "
+                               f"{errors[0]}{hint}")
         out = []
-        for item, raw in zip(items, raws):
+        for item, (raw, err) in zip(items, answers):
+            if err is not None:
+                out.append(Verdict(raw="", score=None, normalised=0.0, parsed=False, error=err))
+                continue
             lo, hi = rubric_scale(item.get("rubric", ""))
             out.append(parse_verdict(raw, lo, hi))
         return out
 
+    def _answer(self, prompt: str) -> tuple[str, str | None]:
+        """(reply, None), or ("", what went wrong) when the judge did not answer this item."""
+        try:
+            return self._one(prompt), None
+        except Exception as e:  # noqa: BLE001 - recorded on the item and counted as a failure
+            return "", f"{type(e).__name__}: {str(e)[:300]}"
+
 
 def verdict_dict(v: Verdict) -> dict:
-    return json.loads(json.dumps({"raw": v.raw, "score": v.score, "normalised": v.normalised, "parsed": v.parsed}))
+    return json.loads(json.dumps({"raw": v.raw, "score": v.score, "normalised": v.normalised, "parsed": v.parsed,
+                                  "error": v.error}))

@@ -26,7 +26,10 @@ class EvalReport:
     spec_name: str = ""
     cost: dict[str, Any] | None = None  # {"usd_per_hour", "source", "score_per_usd_hour", ...}
     created_at: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. {"cache": {"key", "hit", ...}}
+    confidence: float | None = None  # level of every "ci" in the report (spec promotion.confidence)
+    blended_ci: list[float] | None = None  # bootstrap interval of the blended score
+    settings: dict[str, Any] = field(default_factory=dict)  # engine / decoding / judge (lexforge.evaluate.identity)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +60,13 @@ def _fmt(x: float | None, nd: int = 3) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+def fmt_ci(score: float | None, ci, nd: int = 3) -> str:
+    """``0.625 [0.500, 0.750]`` (score and its interval), ``-`` when there is no score."""
+    if score is None:
+        return "-"
+    return f"{score:.{nd}f}" + (f" [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ci else "")
+
+
 def open_label(metric: str | None) -> str:
     return {"judge": "open (LLM judge)", "reference_overlap": "open (reference overlap, NOT a judge score)"}.get(
         metric or "", "open")
@@ -73,11 +83,12 @@ def leaderboard_markdown(reports: list[EvalReport], details: bool = False) -> st
         cost = r.cost or {}
         usd = cost.get("usd_per_hour")
         lines.append(f"| {r.label} | {_fmt(r.closed)} | " + " | ".join(opens) + (" | " if opens else "") +
-                     f"{_fmt(r.blended)} | {'-' if usd is None else f'{usd:.2f}'} | "
+                     f"{fmt_ci(r.blended, r.blended_ci)} | {'-' if usd is None else f'{usd:.2f}'} | "
                      f"{_fmt(cost.get('score_per_usd_hour'), 4)} |")
     if details:
         for r in reports:
-            lines += ["", f"### {r.label}: per suite", "", "| suite | kind | metric | score | n | notes |",
+            level = f" ({r.confidence:.0%} interval)" if r.confidence else ""
+            lines += ["", f"### {r.label}: per suite", "", f"| suite | kind | metric | score{level} | n | notes |",
                       "|---|---|---|---|---|---|"]
             for name, s in r.suites.items():
                 notes = []
@@ -87,7 +98,13 @@ def leaderboard_markdown(reports: list[EvalReport], details: bool = False) -> st
                     notes.append(f"{s['invalid']} unparseable answers")
                 if s.get("unparsed_verdicts"):
                     notes.append(f"{s['unparsed_verdicts']} unparseable judge verdicts (scored 0)")
-                lines.append(f"| {name} | {s['kind']} | {s['metric']} | {_fmt(s.get('score'))} | {s['n']} | "
+                if s.get("judge_failures"):
+                    notes.append(f"{s['judge_failures']} items the judge did not answer (scored 0)")
+                bias = (s.get("length_bias") or {}).get("spearman")
+                if bias is not None:
+                    notes.append(f"judge score vs answer length: Spearman {bias:+.2f}"
+                                 + (" (judge may favour long answers)" if bias > 0.5 else ""))
+                lines.append(f"| {name} | {s['kind']} | {s['metric']} | {fmt_ci(s.get('score'), s.get('ci'))} | {s['n']} | "
                              f"{'; '.join(notes)} |")
             if r.judge:
                 own = " (the platform's own served model)" if r.judge.get("source") == "platform" else ""

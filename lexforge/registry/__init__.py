@@ -8,11 +8,14 @@ Ray Serve load directly. See docs/registry.md.
 
 Aliases: ``champion`` (served), ``challenger`` (newest registered candidate), ``previous_champion``
 (target of ``rollback``). Never imports prefect.
+
+Modules: ``tags`` (alias/tag names, eval/cost/lineage tag encoding and decoding, error types), ``core``
+(MLflow operations), ``policy`` (the pure promotion decision), ``views`` (tables and Markdown of a decision),
+``gate`` (gathers the evidence, decides, records).
 """
 
 from lexforge.registry.core import (
     ModelVersionInfo,
-    RegistryError,
     Servable,
     audit_log,
     list_versions,
@@ -22,10 +25,13 @@ from lexforge.registry.core import (
     rollback,
     weights_digest,
 )
-from lexforge.registry.policy import PromotionDecision, PromotionRefused, decide_promotion, decision_markdown
+from lexforge.registry.gate import decide_promotion
+from lexforge.registry.policy import PromotionDecision, evaluate_policy
+from lexforge.registry.tags import PromotionRefused, RegistryError
+from lexforge.registry.views import comparison_rows, decision_markdown
 
 __all__ = [
     "ModelVersionInfo", "RegistryError", "Servable", "PromotionDecision", "PromotionRefused", "register_model",
-    "decide_promotion", "decision_markdown", "promote", "rollback", "resolve_servable", "list_versions", "audit_log",
-    "weights_digest",
+    "decide_promotion", "evaluate_policy", "decision_markdown", "comparison_rows", "promote", "rollback",
+    "resolve_servable", "list_versions", "audit_log", "weights_digest",
 ]

@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Gate a version against the current @champion and, if it passes, make it the champion (atomic)."""
         from lexforge.registry import PromotionRefused, RegistryError, decide_promotion, promote
-        from lexforge.registry.core import CHALLENGER, aliases_of, client
+        from lexforge.registry.core import aliases_of, client_for_spec
+        from lexforge.registry.tags import CHALLENGER
 
         spec = _spec(spec_path)
         try:
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
                 console.print("[red]give exactly one of VERSION or --auto[/]")
                 raise typer.Exit(2)
             if auto:
-                version = aliases_of(client(spec.tracking.mlflow_uri if spec else None), name).get(CHALLENGER)
+                version = aliases_of(client_for_spec(spec), name).get(CHALLENGER)
                 if not version:
                     console.print(f"[yellow]{name} has no @challenger; nothing to promote[/]")
                     raise typer.Exit(1)
@@ -60,7 +61,8 @@ def register(app: typer.Typer) -> None:
             if not decision.promote and not force:
                 console.print(f"[yellow]not promoted: {'; '.join(decision.failed_reasons())}[/]")
                 raise typer.Exit(1)
-            promote(name, version, decision, by=by, reason=reason, force=force)
+            promote(name, version, decision, by=by, reason=reason, force=force,
+                    tracking_uri=spec.tracking.resolved_uri() if spec else None)
         except (RegistryError, PromotionRefused) as e:
             console.print(f"[red]{e}[/]")
             raise typer.Exit(2)
@@ -96,12 +98,21 @@ def register(app: typer.Typer) -> None:
             print(json.dumps([v.__dict__ for v in versions], indent=2))
             return
         t = Table(title=f"{name} (MLflow registry)")
-        for col in ("version", "aliases", "blended", "closed", "open", "open scored by", "$/hour", "status", "spec"):
+        from lexforge.registry.tags import decode_eval_tags
+
+        for col in ("version", "aliases", "blended [interval]", "closed", "open", "open scored by", "engine", "$/hour",
+                    "decision", "status", "spec"):
             t.add_column(col)
+
+        def num(x, ci=None):
+            return "-" if x is None else f"{x:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
         for v in versions:
-            g = v.tags.get
-            t.add_row(v.version, ",".join(v.aliases), g("eval.blended", "-"), g("eval.closed", "-"), g("eval.open", "-"),
-                      g("eval.open_metric", "-"), g("cost.usd_per_hour", "-"), g("promotion.status", "-"),
+            e, g = decode_eval_tags(v.tags), v.tags.get
+            t.add_row(v.version, ",".join(v.aliases), num(e["blended"], e["blended_ci"]), num(e["closed"]),
+                      num(e["open"]), e["open_metric"] or "-", e["engine"] or "-",
+                      "-" if e["cost_usd_per_hour"] is None else f"{e['cost_usd_per_hour']:.2f}",
+                      g("promotion.verdict") or g("promotion.decision") or "-", g("promotion.status", "-"),
                       g("spec_hash", "-"))
         Console().print(t)
 

@@ -12,17 +12,25 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from lexforge.evaluate.identity import weights_digest
+from lexforge.registry.tags import (
+    AUDIT_PREFIX,
+    CHALLENGER,
+    CHAMPION,
+    HISTORY_TAG,
+    PREVIOUS,
+    REGISTER_KEY_FIELDS,
+    REGISTER_KEY_TAG,
+    PromotionRefused,
+    RegistryError,
+    eval_tags,
+    lineage_tags,
+    report_artifact_path,
+    selection_tags,
+)
 
 log = logging.getLogger(__name__)
-
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous_champion"
-HISTORY_TAG = "lexforge.champion_history"  # JSON list of versions that have been champion, oldest first
-AUDIT_PREFIX = "audit."
-
-
-class RegistryError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -54,17 +62,20 @@ class Servable:
 
 
 def client(tracking_uri: str | None = None):
+    """An MlflowClient on ``tracking_uri``, else the URI :meth:`lexforge.config.TrackingSpec.resolved_uri` gives."""
     from mlflow import MlflowClient
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    from lexforge.config import TrackingSpec
+
+    uri = TrackingSpec(mlflow_uri=tracking_uri).resolved_uri()
     if not uri:
         raise RegistryError("no MLflow tracking server: set tracking.mlflow_uri in the spec or MLFLOW_TRACKING_URI "
                             "(`lexforge up` prints it)")
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _client_for_spec(spec):
-    return client(spec.tracking.mlflow_uri)
+def client_for_spec(spec):
+    return client(spec.tracking.resolved_uri() if spec is not None else None)
 
 
 def actor(explicit: str | None = None) -> str:
@@ -111,65 +122,11 @@ def _history(c, name: str) -> list[str]:
     return [str(v) for v in json.loads(raw)] if raw else []
 
 
-def _suite_tags(report) -> dict[str, str]:
-    d = report.to_dict() if hasattr(report, "to_dict") else dict(report)
-    tags = {"eval.label": str(d.get("label")), "eval.open_metric": str(d.get("open_metric")),
-            "eval.closed_weight": str(d.get("closed_weight")), "eval.engine": str(d.get("engine"))}
-    for k in ("blended", "closed", "open"):
-        if d.get(k) is not None:
-            tags[f"eval.{k}"] = f"{d[k]:.6f}"
-    suites = {n: {"kind": s["kind"], "metric": s["metric"], "score": s["score"], "n": s["n"]}
-              for n, s in d.get("suites", {}).items()}
-    tags["eval.suites"] = json.dumps(suites, sort_keys=True)
-    for n, s in suites.items():
-        tags[f"eval.suite.{n}"] = f"{s['score']:.6f}"
-    if d.get("judge"):
-        tags["eval.judge_model"] = str(d["judge"].get("model"))
-    cost = d.get("cost") or {}
-    if cost.get("usd_per_hour") is not None:
-        tags["cost.usd_per_hour"] = f"{cost['usd_per_hour']:.6f}"
-        tags["cost.source"] = str(cost.get("source"))
-    return tags
-
-
-def _lineage_tags(spec, train_result) -> dict[str, str]:
-    lineage = dict(getattr(train_result, "lineage", None) or {})
-    digest = (lineage.get("dataset_digest") or lineage.get("dataset") or
-              (lineage.get("digests") or {}).get("train") or "")
-    if isinstance(digest, dict):
-        digest = digest.get("train") or digest.get("sanitized") or json.dumps(digest, sort_keys=True)
-    return {
-        "base_model": str(getattr(train_result, "base_model", "") or spec.model.base),
-        "base_model_name": spec.model.base,
-        "is_adapter": str(bool(getattr(train_result, "is_adapter", True))).lower(),
-        "spec_hash": lineage.get("spec_hash") or spec.spec_hash(),
-        "spec_name": spec.name,
-        "dataset_digest": str(digest),
-        "parent_run_id": str(getattr(train_result, "mlflow_run_id", None) or ""),
-        "train.output_uri": str(getattr(train_result, "output_uri", "") or ""),
-        "train.steps": str(getattr(train_result, "steps", "") or ""),
-        "method": spec.method, "stage": spec.stage,
-    }
-
-
 # ---- register -----------------------------------------------------------------------------------------------
-
-REGISTER_KEY_TAG = "register_key"
-
-
-def weights_digest(out_dir: Path) -> str:
-    """sha256 over every file of a trained output directory (relative path + file sha256), in path order."""
-    from lexforge.data.store import file_sha256
-
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(out_dir).rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(out_dir)}\0{file_sha256(f)}\n".encode())
-    return h.hexdigest()
-
 
 def _register_key(tags: dict[str, str]) -> str:
     """What makes two registrations the same model: the same weights, trained by the same spec on the same data."""
-    ident = {k: tags[k] for k in ("spec_hash", "dataset_digest", "weights_digest", "base_model")}
+    ident = {k: tags[k] for k in REGISTER_KEY_FIELDS}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -182,11 +139,13 @@ def _find_registered(c, name: str, key: str) -> str | None:
     return str(versions[0]) if versions else None
 
 
-def register_model(spec, train_result, eval_report, *, set_challenger: bool = True) -> ModelVersionInfo:
+def register_model(spec, train_result, eval_report, *, set_challenger: bool = True,
+                   selection: dict | None = None) -> ModelVersionInfo:
     """Log the trained output dir + eval report to an MLflow run and register it as a new model version.
 
     ``train_result`` is a :class:`lexforge.train.TrainResult` (or anything with ``output_dir``, ``is_adapter``,
-    ``base_model``, ``mlflow_run_id``, ``lineage``). The new version gets alias ``challenger``.
+    ``base_model``, ``mlflow_run_id``, ``lineage``). The new version gets alias ``challenger``. ``selection``
+    (from :func:`lexforge.evaluate.checkpoints.select_checkpoint`) records which checkpoint this is and why.
 
     Idempotent: registering the same trained weights again (same bytes, spec hash, dataset digest and base)
     returns the version registered the first time, so a resumed or resubmitted pipeline that already got past
@@ -199,7 +158,7 @@ def register_model(spec, train_result, eval_report, *, set_challenger: bool = Tr
         raise RegistryError(f"train output {out_dir} is missing or empty; nothing to register")
     if getattr(train_result, "is_adapter", True) and not (out_dir / "adapter_config.json").is_file():
         raise RegistryError(f"{out_dir} has no adapter_config.json but is_adapter=True")
-    c = _client_for_spec(spec)
+    c = client_for_spec(spec)
     name = spec.promotion.registered_model
     try:
         c.get_registered_model(name)
@@ -207,7 +166,7 @@ def register_model(spec, train_result, eval_report, *, set_challenger: bool = Tr
         c.create_registered_model(name, description="lexforge legal model; aliases champion/challenger")
     exp = c.get_experiment_by_name(spec.tracking.experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(spec.tracking.experiment)
-    tags = _lineage_tags(spec, train_result)
+    tags = lineage_tags(spec, train_result)
     tags["weights_digest"] = weights_digest(out_dir)
     tags[REGISTER_KEY_TAG] = _register_key(tags)
     existing = _find_registered(c, name, tags[REGISTER_KEY_TAG])
@@ -229,16 +188,21 @@ def register_model(spec, train_result, eval_report, *, set_challenger: bool = Tr
             rep = Path(td) / "eval"
             rep.mkdir()
             label = getattr(eval_report, "label", "candidate")
-            (rep / f"{label}.json").write_text(eval_report.to_json())
-            (rep / f"{label}.md").write_text(eval_report.to_markdown())
+            report_file = Path(td) / report_artifact_path(label)
+            report_file.write_text(eval_report.to_json())
+            report_file.with_suffix(".md").write_text(eval_report.to_markdown())
             (Path(td) / "spec.yaml").write_text(spec.to_yaml())
             c.log_artifacts(run_id, str(rep), artifact_path="eval")
             c.log_artifact(run_id, str(Path(td) / "spec.yaml"))
+            if selection:
+                (Path(td) / "checkpoint-selection.json").write_text(json.dumps(selection, indent=2))
+                c.log_artifact(run_id, str(Path(td) / "checkpoint-selection.json"))
         for k, v in (("eval_blended", eval_report.blended), ("eval_closed", eval_report.closed),
                      ("eval_open", eval_report.open)):
             if v is not None:
                 c.log_metric(run_id, k, float(v))
-        tags.update(_suite_tags(eval_report))
+        tags.update(eval_tags(eval_report))
+        tags.update(selection_tags(selection))
         # resolve against this client's server, never a tracking URI cached globally by an earlier caller
         source = RunsArtifactRepository.get_underlying_uri(f"runs:/{run_id}/model", tracking_uri=c.tracking_uri)
         mv = c.create_model_version(name, source, run_id=run_id, tags=tags,
@@ -300,8 +264,6 @@ def promote(name: str, version: str | int, decision=None, *, by: str | None = No
     """Make ``version`` the champion. The old champion becomes ``previous_champion`` first, then ``champion``
     moves in one call, so readers always see a champion. ``decision`` (from ``decide_promotion``) must allow
     it unless ``force``; its reasons are recorded."""
-    from lexforge.registry.policy import PromotionRefused
-
     version = str(version)
     c = client(tracking_uri)
     get_version(c, name, version)  # exists?
