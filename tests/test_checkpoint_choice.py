@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+
+from lexforge.storage.layout import RunLayout
 import torch
 
 from lexforge.config import spec_from_dict
@@ -41,9 +43,9 @@ def _train(spec):
 
     prepared = prepare_dataset(spec)
     data = resolve_train_data(spec, prepared)
-    lineage = build_lineage(spec, spec.model.base, data)
+    lineage = build_lineage(spec, spec.model.base, data.digest, data.format)
     train_worker({"spec": spec.model_dump(mode="json"), "data": data.to_dict(), "base_model": spec.model.base,
-                  "lineage": lineage, "mlflow_uri": None, "mlflow_run_id": None})
+                  "lineage": lineage.model_dump(mode="json"), "mlflow_uri": None, "mlflow_run_id": None})
     return prepared
 
 
@@ -136,7 +138,7 @@ def test_dpo_checkpoints_are_ranked_by_heldout_preference_accuracy(tiny_model_di
     spec = _spec("choice-dpo", tmp_path, tiny_model_dir, stage="dpo")
     prepared = _train(spec)
     store = store_for_spec(spec)
-    choice = select_checkpoint(spec, store.local_path(f"runs/{spec.name}/output"), 6, prepared.heldout_path,
+    choice = select_checkpoint(spec, store.local_path(RunLayout(spec.name).output), 6, prepared.heldout_path,
                                work_dir=tmp_path / "work")
     assert choice.metric == "heldout_preference_accuracy" and choice.higher_is_better
     # independently: log-probs of chosen/rejected under each checkpoint (PEFT) and under the bare base model
@@ -173,7 +175,7 @@ def test_the_chosen_checkpoint_is_registered_with_its_reason(sft_run, mlflow_ser
     spec, prepared, tmp = sft_run
     spec = spec.model_copy(update={"promotion": spec.promotion.model_copy(update={"registered_model": "choice-reg"})})
     # register step 4 as if it had won, through the same record the flow passes
-    choice = select_checkpoint(spec, store_for_spec(spec).local_path(f"runs/{spec.name}/output"), 6,
+    choice = select_checkpoint(spec, store_for_spec(spec).local_path(RunLayout(spec.name).output), 6,
                                prepared.heldout_path, work_dir=tmp / "work")
     exported = export_checkpoint(spec, 4, tmp / "exports" / "reg4")
     record = {**choice.to_dict(), "chosen_step": 4, "output_dir": str(exported)}
@@ -218,7 +220,7 @@ try:
     prepared = _train(spec)
 finally:
     dist.destroy_process_group()
-out = store_for_spec(spec).local_path("runs/choice-ds/output")
+out = store_for_spec(spec).local_path(RunLayout("choice-ds").output)
 choice = select_checkpoint(spec, out, 4, prepared.heldout_path, work_dir=tmp / "work")
 exported = export_checkpoint(spec, 4, tmp / "ds-export-4")
 a, b = load_file(exported / "adapter_model.safetensors"), load_file(Path(out) / "adapter_model.safetensors")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lexforge.storage.layout import RunLayout
+
 from lexforge.config import spec_from_dict
 from lexforge.evaluate import EvalError, run_eval, scoring
 from lexforge.evaluate.judge import build_judge_prompt, parse_verdict, rubric_scale
@@ -155,7 +157,7 @@ def test_run_eval_transformers_adapter_closed_open_blend_cost(tmp_path, tiny_mod
     assert tuned.blended == pytest.approx(0.7 * closed + 0.3 * ex["score"])
     assert tuned.cost == {"usd_per_hour": 2.0, "source": "input", "score_per_usd_hour": pytest.approx(tuned.blended / 2)}
     # saved in the store at the agreed key, loadable
-    saved = json.loads((tmp_path / "store" / "runs" / "evaltest" / "eval" / "tuned.json").read_text())
+    saved = json.loads((tmp_path / "store" / RunLayout("evaltest").eval_report("tuned")).read_text())
     assert saved["blended"] == pytest.approx(tuned.blended) and saved["label"] == "tuned"
     assert set(saved) >= {"label", "suites", "closed", "open", "blended", "judge", "open_metric"}
 
@@ -212,7 +214,7 @@ def test_eval_cache_evaluates_once_and_its_key_follows_weights_suites_settings(t
     assert first.extra["cache"]["hit"] is False and again.extra["cache"] == {
         "key": first.extra["cache"]["key"], "hit": True, "first_label": "base"}
     assert again.created_at == first.created_at and again.suites == first.suites  # not generated again
-    saved = json.loads((tmp_path / "store" / "runs" / "evaltest" / "eval" / "base-again.json").read_text())
+    saved = json.loads((tmp_path / "store" / RunLayout("evaltest").eval_report("base-again")).read_text())
     assert saved["label"] == "base-again" and (tmp_path / "store" / "eval-cache" / f"{first.extra['cache']['key']}.json").is_file()
 
     key = report_cache_key(spec, str(tiny_model_dir), None)
@@ -308,7 +310,7 @@ def test_open_suite_scored_by_llm_judge(tmp_path, tiny_model_dir, judge_server, 
     parsed = [v for v in verdicts if v["parsed"]]
     assert len(parsed) >= len(verdicts) - 1 and all(v["score"] == 2 for v in parsed)
     assert r.blended == pytest.approx(0.5 * r.closed + 0.5 * ex["score"])
-    dumped = json.dumps(r.to_dict()) + (tmp_path / "store" / "runs" / "evaltest" / "eval" / "judged.json").read_text()
+    dumped = json.dumps(r.to_dict()) + (tmp_path / "store" / RunLayout("evaltest").eval_report("judged")).read_text()
     assert key not in dumped  # the secret never reaches the report
 
 
@@ -383,7 +385,7 @@ def test_adapter_from_another_base_is_refused_naming_both(tmp_path, tiny_model_d
     spec = _spec(tmp_path, [{"name": "yes_no", "path": YES_NO}])
     with pytest.raises(EvalError, match=r"adapter .*lora_A.* has shape .* but .*other.*trained on .*fine-tuned from"):
         run_eval(spec, str(other), adapter=str(yes_adapter), label="mismatch")
-    assert not (tmp_path / "store" / "runs" / "evaltest" / "eval" / "mismatch.json").exists()
+    assert not (tmp_path / "store" / RunLayout("evaltest").eval_report("mismatch")).exists()
 
 
 @pytest.mark.slow
@@ -408,7 +410,7 @@ def test_eval_cli_vllm_engine_with_lora(tmp_path):
     # libraries may print warnings on stdout before the report (deepspeed's accelerator notice): start at "{"
     lines = out.stdout.splitlines()
     rep = json.loads("\n".join(lines[next(i for i, l in enumerate(lines) if l.startswith("{")):]))
-    assert rep == json.loads((tmp_path / "store" / "runs" / "vllmeval" / "eval" / "vllm.json").read_text())
+    assert rep == json.loads((tmp_path / "store" / RunLayout("vllmeval").eval_report("vllm")).read_text())
     assert rep["engine"] == "vllm" and rep["engine_fallback_reason"] is None
     assert rep["base_model"] == str(model) and rep["cost"]["usd_per_hour"] == 1.5
     # scored as served: the serving engine's dtype, context length and LoRA rank limit (lexforge.serve.settings)

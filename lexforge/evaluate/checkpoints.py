@@ -33,7 +33,7 @@ def checkpoint_choice_key(run_name: str) -> str:
     """Store key of a run's checkpoint choice record (JSON)."""
     from lexforge.storage.layout import RunLayout
 
-    return f"{RunLayout(run_name).root}/checkpoint-choice.json"
+    return RunLayout(run_name).checkpoint_choice
 
 
 class CheckpointChoiceError(ValueError):

@@ -97,6 +97,9 @@ def lineage_tags(spec, train_result) -> dict[str, str]:
         "train.output_uri": str(getattr(train_result, "output_uri", "") or ""),
         "train.steps": str(getattr(train_result, "steps", "") or ""),
         "method": spec.method, "stage": spec.stage,
+        # the chain of specs that trained these weights: [{"spec_hash", "first_step", "last_step"}, ...]
+        "lineage.segments": json.dumps([s.model_dump(mode="json") if hasattr(s, "model_dump") else s
+                                        for s in (get("segments") or [])]),
     }
 
 

@@ -13,6 +13,7 @@ Everything lives under one store (``storage.root``: a local directory or ``s3://
     runs/<run>/preflight/<node>.probe           a node's storage round trip (written, read back, deleted)
     runs/<run>/eval/<label>.json                evaluation reports
     runs/<run>/registered.json                  the model registry version the run's output became
+    runs/<run>/checkpoint-choice.json           which committed checkpoint was registered, and why
     datasets/sha256/<digest>/data.jsonl         content-addressed dataset (+ report.json, lineage.json)
     eval-cache/<key>.json                       cached evaluation reports (e.g. of a base model)
     api/files/<file id>.jsonl                   fine-tuning API uploads
@@ -112,6 +113,10 @@ class RunLayout:
     @property
     def registration(self) -> str:
         return f"{self.root}/registered.json"
+
+    @property
+    def checkpoint_choice(self) -> str:
+        return f"{self.root}/checkpoint-choice.json"
 
     @property
     def stop_request(self) -> str:
