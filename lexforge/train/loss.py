@@ -23,9 +23,6 @@ import torch.nn.functional as F
 
 from lexforge.train.data import IGNORE
 
-IMPLS = ("chunked", "liger", "full")
-
-
 def resolve_cross_entropy(spec, device_type: str) -> str:
     """``auto`` -> liger on CUDA when liger-kernel is installed, else chunked. Fails fast on what cannot run here."""
     from lexforge.train.model import SetupError
@@ -68,7 +65,9 @@ class _ChunkedCrossEntropySum(torch.autograd.Function):
                 g = g.to(dt)
                 if need_h:
                     grad_h[s : s + chunk] = g @ w
-                if need_w:
+                if need_w and dt == torch.float32:
+                    grad_w.addmm_(g.t(), hc)
+                elif need_w:
                     grad_w += (g.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
