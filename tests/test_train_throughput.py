@@ -177,6 +177,8 @@ def test_packed_token_budget_training_has_the_unpacked_loss_trajectory(stage, me
     assert padded[-1] != padded[0]  # it trained
     assert all(s["padding_share"] > 0 for s in padded_stats) and all(s["padding_share"] == 0 for s in packed_stats)
     assert [s["tokens"] for s in padded_stats] == [s["tokens"] for s in packed_stats]  # the same rows
+    # the gradient itself, not only the (Adam-normalised) trajectory: same norm before clipping
+    assert_same_losses([s["grad_norm"] for s in padded_stats], [s["grad_norm"] for s in packed_stats])
     if stage == "sft" and method == "lora":
         full_ce, _ = in_process_losses(tmp_path, tiny_model_dir, "full-ce", cross_entropy="full", packing=True, **kw)
         assert_same_losses(padded, full_ce)
@@ -246,5 +248,8 @@ def test_ddp_packed_token_budget_matches_padded_and_resumes_exactly(tmp_path, ti
     assert first.status == "preempted" and first.steps == 2
     second = run_training(packed_spec)
     assert second.status == "completed" and second.resumed_from_step == 2
-    losses = {**first.losses, **second.losses}
-    assert_same_losses([padded.losses[s] for s in range(1, 5)], [losses[s] for s in range(1, 5)])
+    losses = [{**first.losses, **second.losses}[s] for s in range(1, 5)]
+    assert_same_losses([padded.losses[s] for s in range(1, 5)], losses)
+    # 2 workers x 2 accumulation and 1 worker x 4 take the same rows per step: the same trajectory
+    one_worker, _ = in_process_losses(tmp_path, tiny_model_dir, "one-worker", gradient_accumulation_steps=4)
+    assert_same_losses(one_worker, losses)
