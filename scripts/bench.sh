@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark in bench/, each printing ratios against a baseline measured in the same run.
 # CPU-sized defaults (minutes in all); pass bigger sizes to the scripts directly on real hardware.
+# On a CUDA node, bench/gpu.sh runs the training throughput comparison in bf16 and measures MFU.
 # Results also go to bench-results/<name>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ mkdir -p "$OUT"
 echo "== data: sanitize vs json.loads (${BENCH_DATA_MB:-100} MB generated) =="
 $PY bench/bench_data.py --size-mb "${BENCH_DATA_MB:-100}" | tee "$OUT/data.txt"
 
-echo "== train: platform vs bare TRL, async vs sync checkpoints, SIGKILL/SIGTERM recovery =="
+echo "== train: tokens/s lexforge packed vs padded vs bare TRL, async vs sync checkpoints, SIGKILL/SIGTERM recovery =="
 $PY bench/bench_train.py --json "$OUT/train.json"
 
 echo "== serve: lexforge (Ray Serve + vLLM) vs bare vLLM server, vLLM vs transformers =="

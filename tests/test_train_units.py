@@ -20,21 +20,22 @@ def spec(**kw):
 def test_batch_plan_is_a_pure_function_of_step_and_covers_each_epoch():
     from lexforge.train.data import BatchPlan
 
-    plan = BatchPlan(num_examples=10, batch_size=2, world_size=2, grad_accum=1, seed=3)
-    assert plan.micro_per_epoch == 2
-    epoch0 = plan.indices(0, 0) + plan.indices(0, 1) + plan.indices(1, 0) + plan.indices(1, 1)
-    assert len(set(epoch0)) == 8  # disjoint across ranks and micro-batches
-    assert plan.indices(5, 1) == BatchPlan(10, 2, 2, 1, 3).indices(5, 1)
-    assert plan.indices(0, 0) != plan.indices(2, 0) or plan.indices(0, 1) != plan.indices(2, 1)  # reshuffled
-    assert plan.position(3) == {"micro_batches_consumed": 3, "epoch": 1, "micro_in_epoch": 1, "examples_consumed": 12}
-    assert plan.total_steps(epochs=2, max_steps=None) == 4
+    plan = BatchPlan([(5,)] * 10, [1] * 10, batch_size=2, world_size=2, grad_accum=1, seed=3)
+    assert plan.rows_per_step == 4
+    epoch0 = [i for s in (0, 1) for rank in (0, 1) for mb in plan.micro_batches(s, rank) for i in mb]
+    assert len(set(epoch0)) == 8  # disjoint across ranks, micro-batches and steps
+    assert plan.micro_batches(5, 1) == BatchPlan([(5,)] * 10, [1] * 10, 2, 2, 1, 3).micro_batches(5, 1)
+    assert plan.step_rows(0) != plan.step_rows(3)  # epoch 1 is reshuffled
+    assert plan.position(3) == {"step": 3, "rows_consumed": 12, "epoch": 1, "row_in_epoch": 2, "rows_per_step": 4,
+                                "seed": 3, "examples_consumed": 12, "micro_batches_consumed": 3}
+    assert plan.total_steps(epochs=2, max_steps=None) == 5
 
 
 def test_batch_plan_too_little_data_is_a_clear_error():
     from lexforge.train.data import BatchPlan, DataError
 
     with pytest.raises(DataError, match="per_device_batch_size"):
-        BatchPlan(num_examples=3, batch_size=2, world_size=2, grad_accum=1, seed=0)
+        BatchPlan([(5,)] * 3, [1] * 3, batch_size=2, world_size=2, grad_accum=1, seed=0)
 
 
 def test_sft_labels_cover_only_assistant_content(tiny_model_dir):

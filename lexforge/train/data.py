@@ -3,8 +3,8 @@
 Rows come from :func:`lexforge.data.prepare_dataset` when that module is installed (it sanitizes, dedupes and
 splits); :func:`read_clean_rows` is the small, swappable fallback that reads canonical JSONL directly.
 
-Batches are a pure function of ``(seed, epoch, micro_index, rank)`` (see :class:`BatchPlan`), so the exact
-data position after a resume is just the step number: no iterator state has to be checkpointed.
+Batches are a pure function of ``(seed, step, rank)`` (see :class:`BatchPlan`), so the exact data position after
+a resume is just the step number: no iterator state has to be checkpointed.
 """
 
 from __future__ import annotations
@@ -282,44 +282,203 @@ def pad_batch(examples: list[dict], pad_id: int) -> dict:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-@dataclass
-class BatchPlan:
-    """Deterministic sharded batching: micro-batch ``g`` for ``rank`` depends only on (seed, g, rank).
+def example_sizes(ex: dict) -> tuple[int, ...]:
+    """Token length of each row of an example: one for chat, chosen + rejected for a pair, the prompt for GRPO."""
+    if "prompt_ids" in ex:
+        return (len(ex["prompt_ids"]),)
+    if "chosen" in ex:
+        return (len(ex["chosen"]["input_ids"]), len(ex["rejected"]["input_ids"]))
+    return (len(ex["input_ids"]),)
 
-    Each epoch is a seeded permutation of all examples, cut into global micro-batches of
-    ``per_device_batch_size * world_size`` (the ragged tail is dropped). Step ``s`` consumes global
-    micro-batches ``s*ga .. s*ga+ga-1``; so the data position after ``s`` committed steps is exactly
-    ``s*ga`` micro-batches, whatever happened in between.
+
+def example_weight(ex: dict) -> int:
+    """What a step's loss is normalised by: a chat example's trained tokens (labels after the shift), else 1."""
+    if "labels" in ex:
+        return sum(1 for lab in ex["labels"][1:] if lab != IGNORE)
+    return 1
+
+
+def collate(rows: list[dict], pad_id: int, packed: bool) -> dict:
+    """Token rows -> one micro-batch of tensors.
+
+    ``targets`` are each row's labels shifted left by one (the token predicted at each position; IGNORE where
+    nothing is trained and at every row's last position), so a packed row never predicts across examples.
+    ``segments`` is the row index of every token (-1 on padding). Packed: one row ``[1, sum(len)]``,
+    ``position_ids`` restarting at 0 per row and the varlen boundaries ``cu_seq_lens``; padded: ``[n, max(len)]``
+    with an ``attention_mask``. No rows: a one-token dummy with nothing trained (a rank's filler micro-batch).
+    """
+    import itertools
+
+    import torch
+
+    real = rows or [{"input_ids": [pad_id], "labels": [IGNORE]}]
+    lens = [len(r["input_ids"]) for r in real]
+    targets = [r["labels"][1:] + [IGNORE] for r in real]
+    out: dict = {"rows": len(rows), "tokens": sum(lens) if rows else 0}
+    if packed:
+        out["input_ids"] = torch.tensor([list(itertools.chain.from_iterable(r["input_ids"] for r in real))])
+        out["targets"] = torch.tensor([list(itertools.chain.from_iterable(targets))])
+        out["position_ids"] = torch.cat([torch.arange(n) for n in lens])[None]
+        out["segments"] = torch.repeat_interleave(torch.arange(len(real)), torch.tensor(lens))[None]
+        out["cu_seq_lens"] = torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32)
+        out["max_len"] = max(lens)
+    else:
+        n = max(lens)
+        out["input_ids"] = torch.full((len(real), n), pad_id, dtype=torch.long)
+        out["targets"] = torch.full((len(real), n), IGNORE, dtype=torch.long)
+        out["attention_mask"] = torch.zeros((len(real), n), dtype=torch.long)
+        out["segments"] = torch.full((len(real), n), -1, dtype=torch.long)
+        for i, (r, t, k) in enumerate(zip(real, targets, lens)):
+            out["input_ids"][i, :k] = torch.tensor(r["input_ids"])
+            out["targets"][i, :k] = torch.tensor(t)
+            out["attention_mask"][i, :k] = 1
+            out["segments"][i, :k] = i
+    out["computed"] = out["input_ids"].numel()
+    return out
+
+
+class BatchPlan:
+    """Deterministic batches: which rows optimizer step ``s`` consumes, and how they split over ranks and micro-batches.
+
+    Rows: each epoch is a seeded permutation of all examples; epochs are laid end to end as one stream and step
+    ``s`` consumes stream positions ``s*B .. s*B+B-1``, ``B = batch_size x grad_accum x world_size`` rows. The SET
+    of rows of a step depends on (seed, s, B) only, never on how it is split, and the data position after ``s``
+    steps is ``s*B`` rows into the stream (so a run with fewer workers that keeps B can continue from it).
+
+    Split (a pure function of the step's rows and their sizes; every rank computes all of it, no collective):
+
+    * fixed rows (``max_tokens`` None): micro-batch ``m`` of rank ``r`` is rows ``(m*W + r)*bs ..+bs`` of the
+      step, ``grad_accum`` micro-batches per rank;
+    * token budget: rows go longest first to the least-loaded rank, then each rank's rows are cut into micro-batches
+      of at most ``max_tokens`` tokens (packed: real tokens, first-fit decreasing; padded: rows x longest row). Every
+      rank runs the same number of micro-batches (the most any rank needs), filling up with empty ones.
+
+    ``sizes[i]`` are the row lengths of example ``i`` (:func:`example_sizes`), ``weights[i]`` what the loss is
+    normalised by (:func:`example_weight`).
     """
 
-    num_examples: int
-    batch_size: int
-    world_size: int
-    grad_accum: int
-    seed: int
+    def __init__(self, sizes: list[tuple[int, ...]], weights: list[int], batch_size: int, world_size: int,
+                 grad_accum: int, seed: int, max_tokens: int | None = None, packed: bool = False):
+        self.sizes, self.weights = [tuple(s) for s in sizes], list(weights)
+        self.num_examples = len(self.sizes)
+        self.batch_size, self.world_size, self.grad_accum, self.seed = batch_size, world_size, grad_accum, seed
+        self.max_tokens, self.packed = max_tokens, packed
+        self.rows_per_step = batch_size * grad_accum * world_size
+        self._perms: dict[int, np.ndarray] = {}
+        if self.num_examples < self.rows_per_step:
+            raise DataError(f"{self.num_examples} examples cannot fill one optimizer step of {self.rows_per_step} rows "
+                            f"(per_device_batch_size {batch_size} x gradient_accumulation_steps {grad_accum} x "
+                            f"{world_size} workers); lower hyperparams.per_device_batch_size or "
+                            "gradient_accumulation_steps")
+        if max_tokens is not None:
+            worst = max(range(self.num_examples), key=self._cost1)
+            if self._cost1(worst) > max_tokens:
+                raise DataError(f"example {worst} needs {self._cost1(worst)} tokens, more than "
+                                f"hyperparams.max_tokens_per_batch={max_tokens}; raise it or lower data.max_seq_len")
 
-    @property
-    def micro_per_epoch(self) -> int:
-        return self.num_examples // (self.batch_size * self.world_size)
-
-    def __post_init__(self) -> None:
-        if self.micro_per_epoch == 0:
-            raise DataError(f"{self.num_examples} examples cannot fill one global batch of "
-                            f"{self.batch_size} x {self.world_size} workers; lower hyperparams.per_device_batch_size")
-
+    # -- which rows --
     def total_steps(self, epochs: float, max_steps: int | None) -> int:
         if max_steps:
             return max_steps
-        return max(1, math.floor(epochs * self.micro_per_epoch / self.grad_accum))
+        return max(1, math.floor(epochs * self.num_examples / self.rows_per_step))
 
-    def indices(self, micro_index: int, rank: int) -> list[int]:
-        epoch, j = divmod(micro_index, self.micro_per_epoch)
-        perm = np.random.RandomState((self.seed + epoch) % (2**32)).permutation(self.num_examples)
-        start = (j * self.world_size + rank) * self.batch_size
-        return perm[start : start + self.batch_size].tolist()
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = np.random.RandomState((self.seed + epoch) % (2**32)).permutation(self.num_examples)
+        return self._perms[epoch]
+
+    def step_rows(self, step: int) -> list[int]:
+        """The example indices optimizer step ``step`` consumes (all ranks together), in stream order."""
+        out: list[int] = []
+        p, end = step * self.rows_per_step, (step + 1) * self.rows_per_step
+        while p < end:
+            epoch, i = divmod(p, self.num_examples)
+            take = min(end - p, self.num_examples - i)
+            out += self._perm(epoch)[i : i + take].tolist()
+            p += take
+        return out
+
+    def step_weight(self, step: int) -> int:
+        """Total loss weight of the step over all ranks (trained tokens for SFT, pairs for DPO)."""
+        return max(1, sum(self.weights[i] for i in self.step_rows(step)))
+
+    # -- how they split --
+    def _cost1(self, i: int) -> int:
+        s = self.sizes[i]
+        return sum(s) if self.packed else len(s) * max(s)
+
+    def cost(self, idx: list[int]) -> int:
+        """Tokens a micro-batch computes: real tokens when packed, rows x longest row when padded."""
+        if not idx:
+            return 0
+        if self.packed:
+            return sum(sum(self.sizes[i]) for i in idx)
+        return sum(len(self.sizes[i]) for i in idx) * max(max(self.sizes[i]) for i in idx)
+
+    def _bins(self, idx: list[int]) -> list[list[int]]:
+        order = sorted(idx, key=lambda i: (-self._cost1(i), i))
+        bins: list[list[int]] = []
+        if self.packed:  # first-fit decreasing
+            loads: list[int] = []
+            for i in order:
+                c = self._cost1(i)
+                j = next((j for j, load in enumerate(loads) if load + c <= self.max_tokens), None)
+                if j is None:
+                    bins.append([i])
+                    loads.append(c)
+                else:
+                    bins[j].append(i)
+                    loads[j] += c
+            return bins
+        for i in order:  # longest first, so a bin's first row is its longest: next-fit is tight
+            if bins and self.cost(bins[-1] + [i]) <= self.max_tokens:
+                bins[-1].append(i)
+            else:
+                bins.append([i])
+        return bins
+
+    def step_split(self, step: int) -> list[list[list[int]]]:
+        """``split[rank][m]``: example indices of micro-batch ``m`` on ``rank``; every rank has the same count."""
+        rows, W = self.step_rows(step), self.world_size
+        if self.max_tokens is None:
+            bs = self.batch_size
+            return [[rows[(m * W + r) * bs : (m * W + r + 1) * bs] for m in range(self.grad_accum)] for r in range(W)]
+        per_rank: list[list[int]] = [[] for _ in range(W)]
+        loads = [0] * W
+        for i in sorted(rows, key=lambda i: (-self._cost1(i), i)):
+            r = loads.index(min(loads))
+            per_rank[r].append(i)
+            loads[r] += self._cost1(i)
+        bins = [self._bins(idx) for idx in per_rank]
+        n = max(len(b) for b in bins)
+        return [b + [[] for _ in range(n - len(b))] for b in bins]
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        return self.step_split(step)[rank]
+
+    def token_counts(self, step: int) -> tuple[int, int]:
+        """(real tokens, computed tokens incl. padding) of the whole step over all ranks."""
+        split = self.step_split(step)
+        real = sum(sum(self.sizes[i]) for rank in split for mb in rank for i in mb)
+        return real, sum(self.cost(mb) for rank in split for mb in rank)
 
     def position(self, step: int) -> dict:
-        g = step * self.grad_accum
-        epoch, j = divmod(g, self.micro_per_epoch)
-        return {"micro_batches_consumed": g, "epoch": epoch, "micro_in_epoch": j,
-                "examples_consumed": g * self.batch_size * self.world_size}
+        """The data position after ``step`` committed steps (JSON; stored in every checkpoint)."""
+        p = step * self.rows_per_step
+        pos = {"step": step, "rows_consumed": p, "epoch": p // self.num_examples,
+               "row_in_epoch": p % self.num_examples, "rows_per_step": self.rows_per_step, "seed": self.seed,
+               "examples_consumed": p}
+        if self.max_tokens is None:
+            pos["micro_batches_consumed"] = step * self.grad_accum
+        return pos
+
+
+def build_batch_plan(examples: list[dict], hp, world_size: int, grad_accum: int | None = None) -> BatchPlan:
+    """The :class:`BatchPlan` for tokenized ``examples`` under ``spec.hyperparams``. ``grad_accum`` overrides the
+    spec's accumulation (an elastic resume on fewer workers keeps the global batch: ``JobSpec.grad_accum_for``),
+    which keeps the rows of every step, so the data position stays exact across world sizes."""
+    return BatchPlan([example_sizes(e) for e in examples], [example_weight(e) for e in examples],
+                     hp.per_device_batch_size, world_size, grad_accum or hp.gradient_accumulation_steps, hp.seed,
+                     max_tokens=hp.max_tokens_per_batch, packed=hp.packing)

@@ -20,12 +20,12 @@ from lexforge.config import node_local_dir, spec_from_dict
 from lexforge.storage import store_for_spec
 from lexforge.storage.records import Lineage, Progress, RunRecords, RunResult
 from lexforge.train.checkpoint import CheckpointManager, WriterFenced
-from lexforge.train.data import BatchPlan, TrainData, read_clean_rows, tokenize_rows
+from lexforge.train.data import TrainData, build_batch_plan, read_clean_rows, tokenize_rows
 from lexforge.train.export import write_output
 from lexforge.train.lineage import close_segments
 from lexforge.train.metrics import TrainMetrics
-from lexforge.train.model import (build_policy, build_reference, build_tokenizer, check_method_supported,
-                                  resolve_attn_implementation, resolve_precision)
+from lexforge.train.model import (build_policy, build_reference, build_tokenizer, check_compile_supported,
+                                  check_method_supported, resolve_attn_implementation, resolve_precision)
 from lexforge.train.preemption import PreemptionWatcher
 from lexforge.train.recipes import build_recipe
 from lexforge.train.strategy import build_scheduler, build_strategy
@@ -111,6 +111,7 @@ class Trainer:
         self.config = config
         self.ctx = ctx = worker_context(spec)
         check_method_supported(spec, ctx.device.type)
+        check_compile_supported(spec, ctx.device.type)
         self.store = store_for_spec(spec)
         self.records = RunRecords(self.store, spec.name)
         self.lineage = Lineage.model_validate(config["lineage"])
@@ -122,8 +123,8 @@ class Trainer:
         self.examples = tokenize_rows(read_clean_rows(data.local_rows(self.store)), data.format, self.tokenizer,
                                       spec.data.max_seq_len)
         hp = spec.hyperparams
-        self.plan = BatchPlan(len(self.examples), hp.per_device_batch_size, ctx.world_size,
-                              hp.gradient_accumulation_steps, hp.seed)
+        # the spec's global batch on however many workers this attempt got (elastic resume: more accumulation)
+        self.plan = build_batch_plan(self.examples, hp, ctx.world_size, spec.grad_accum_for(ctx.world_size))
         self.total_steps = self.plan.total_steps(hp.epochs, hp.max_steps)
         torch.manual_seed(hp.seed)  # identical initial weights on every rank (FSDP/ZeRO shard from them)
         model = build_policy(spec, base, precision, attn, ctx.device)
@@ -155,27 +156,36 @@ class Trainer:
         return t.tolist()
 
     def train_step(self, step: int) -> tuple[float, dict]:
-        ga = self.plan.grad_accum
-        loss_sum, tokens, extra = 0.0, 0, {}
-        for m in range(ga):
-            idx = self.plan.indices(step * ga + m, self.ctx.rank)
+        micro = self.plan.micro_batches(step, self.ctx.rank)  # the same count on every rank
+        world = self.ctx.world_size
+        summed = getattr(self.recipe, "loss_reduction", "mean") == "sum"
+        # Summed losses are divided by the step's total weight (trained tokens / pairs over all micro-batches and
+        # ranks, known from the plan). strategy.backward divides by gradient_accumulation_steps and DDP/FSDP/ZeRO
+        # average gradients over ranks, so both are multiplied back in: the gradient is d(sum / weight).
+        weight = self.plan.step_weight(step) if summed else len(micro)
+        scale = self.strategy.grad_accum * world / weight if summed else self.strategy.grad_accum / len(micro)
+        loss_sum, tokens, computed, extra = 0.0, 0, 0, {}
+        for m, idx in enumerate(micro):
             batch = [self.examples[i] for i in idx]
-            with self.strategy.micro_context(m == ga - 1):
+            with self.strategy.micro_context(m == len(micro) - 1):
                 with self.strategy.autocast():
                     r = self.recipe.micro_step(batch)
-                self.strategy.backward(r.loss)
-            loss_sum += float(r.loss.detach())
+                self.strategy.backward(r.loss * scale)
+            loss_sum = r.loss.detach().double() + loss_sum  # stays on the device: one sync per step
             tokens += r.tokens
+            computed += r.tokens if r.computed is None else r.computed
             for k, v in r.metrics.items():
-                extra[k] = extra.get(k, 0.0) + v / ga
+                extra[k] = extra.get(k, 0.0) + v
         grad_norm = self.strategy.step()
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         keys = sorted(extra)
-        vals = self._global_mean([loss_sum / ga, tokens, *[extra[k] for k in keys]])
-        loss, tokens_mean = vals[0], vals[1]
-        stats = {"lr": lr, "grad_norm": grad_norm, "tokens": tokens_mean * self.ctx.world_size,
-                 **dict(zip(keys, vals[2:]))}
+        per_rank = world / weight if summed else 1.0 / len(micro)  # so that the mean over ranks is the step's value
+        vals = self._global_mean([float(loss_sum) * per_rank, tokens, computed, *[extra[k] * per_rank for k in keys]])
+        loss, tokens_mean, computed_mean = vals[0], vals[1], vals[2]
+        stats = {"lr": lr, "grad_norm": grad_norm, "tokens": tokens_mean * world,
+                 "padding_share": 1.0 - tokens_mean / computed_mean if computed_mean else 0.0,
+                 **dict(zip(keys, vals[3:]))}
         return loss, stats
 
     def run(self) -> RunResult:

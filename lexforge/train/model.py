@@ -6,6 +6,7 @@ Setup fails fast (torchtune style) on combinations that cannot run here, e.g. QL
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 
@@ -34,14 +35,71 @@ def torch_dtype(precision: str):
 
 
 def resolve_attn_implementation(spec, device_type: str) -> str:
+    """``auto`` -> flash_attention_2 on CUDA when flash-attn is installed, else sdpa. With ``hyperparams.packing``
+    sdpa becomes :data:`lexforge.train.attention.PACKED_SDPA` (per-example SDPA on packed rows); flash-attn runs
+    packed rows through its varlen kernel and eager through transformers' block-diagonal mask."""
     a = spec.model.attn_implementation
     has_fa = importlib.util.find_spec("flash_attn") is not None
     if a == "auto":
-        return "flash_attention_2" if device_type == "cuda" and has_fa else "sdpa"
-    if a == "flash_attention_2" and (device_type != "cuda" or not has_fa):
+        a = "flash_attention_2" if device_type == "cuda" and has_fa else "sdpa"
+    elif a == "flash_attention_2" and (device_type != "cuda" or not has_fa):
         raise SetupError("model.attn_implementation=flash_attention_2 needs CUDA and the flash-attn package; "
                          "use auto or sdpa")
+    if a == "sdpa" and spec.hyperparams.packing:
+        from lexforge.train.attention import register_packed_sdpa
+
+        return register_packed_sdpa()
     return a
+
+
+def check_compile_supported(spec, device_type: str) -> None:
+    """torch.compile's inductor backend builds C++ kernels on CPU (needs a compiler) and Triton kernels on CUDA."""
+    if not spec.hyperparams.torch_compile:
+        return
+    import shutil
+
+    if device_type == "cpu" and not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")):
+        raise SetupError("hyperparams.torch_compile=true on CPU needs a C++ compiler (g++) for inductor; install one "
+                         "or set torch_compile=false")
+    if device_type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise SetupError("hyperparams.torch_compile=true on CUDA needs the triton package; install it or set "
+                         "torch_compile=false")
+
+
+def activation_checkpointing_mode(spec) -> str:
+    a = spec.hyperparams.activation_checkpointing
+    if a == "auto":
+        return "full" if spec.hyperparams.gradient_checkpointing else "none"
+    return a
+
+
+def decoder_blocks(model) -> list:
+    """The transformer blocks (transformers' GradientCheckpointingLayer subclasses), in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def apply_activation_checkpointing(model, mode: str, every: int) -> None:
+    """full: recompute every block in backward; selective: every ``every``-th block (0, every, 2*every, ...)."""
+    if mode == "none":
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise SetupError(f"{type(model).__name__} does not support activation checkpointing; set "
+                         "hyperparams.activation_checkpointing=none")
+    if not getattr(model, "is_gradient_checkpointing", False):  # QLoRA's kbit preparation may have enabled it
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for i, block in enumerate(decoder_blocks(model)):
+        block.gradient_checkpointing = mode == "full" or i % every == 0
+
+
+def apply_compile(model) -> None:
+    """Compile each decoder block in place (``nn.Module.compile``: parameter names, hooks and sharding stay)."""
+    blocks = decoder_blocks(model)
+    if not blocks:
+        raise SetupError(f"{type(model).__name__} has no decoder blocks to compile; set torch_compile=false")
+    for block in blocks:
+        block.compile(dynamic=True)
 
 
 def check_method_supported(spec, device_type: str) -> None:
@@ -104,19 +162,33 @@ def apply_method(spec, model):
     if spec.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.hyperparams.gradient_checkpointing)
+        ac = activation_checkpointing_mode(spec) != "none"
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ac)
     cfg = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
                      target_modules=spec.lora.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 
 def build_policy(spec, base_path: str, precision: str, attn: str, device):
+    hp = spec.hyperparams
     model = build_base_model(spec, base_path, precision, attn, device)
-    if spec.hyperparams.gradient_checkpointing and spec.method != "qlora":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if spec.method == "lora":
+    ac = activation_checkpointing_mode(spec)
+    if spec.method != "qlora":  # QLoRA: prepare_model_for_kbit_training enables it (apply_method)
+        apply_activation_checkpointing(model, ac, hp.activation_checkpointing_every)
+        if ac != "none" and spec.method == "lora":
             model.enable_input_require_grads()
-    return apply_method(spec, model)
+    model = apply_method(spec, model)
+    if spec.method == "qlora":
+        apply_activation_checkpointing(causal_lm(model), ac, hp.activation_checkpointing_every)
+    if hp.torch_compile:
+        apply_compile(model)
+    return model
+
+
+def causal_lm(model):
+    """The ``*ForCausalLM`` module inside PEFT / DDP / DeepSpeed wrappers."""
+    m = getattr(model, "module", model)
+    return m.get_base_model() if hasattr(m, "get_base_model") else m
 
 
 def build_reference(spec, base_path: str, precision: str, attn: str, device):
