@@ -207,6 +207,7 @@ from test_checkpoint_choice import _spec, _train
 from lexforge.config import spec_from_dict
 from lexforge.evaluate.checkpoints import export_checkpoint, select_checkpoint
 from lexforge.storage import store_for_spec
+from lexforge.storage.layout import RunLayout
 from safetensors.torch import load_file
 
 torch.set_num_threads(1)
