@@ -122,6 +122,13 @@ class HyperParams(_Strict):
         "auto", description="Recompute activations in backward: full = every decoder block, selective = every "
         "activation_checkpointing_every-th block; auto = full when gradient_checkpointing is true, else none.")
     activation_checkpointing_every: int = Field(2, ge=2)
+
+    @property
+    def recomputes_activations(self) -> bool:
+        """Whether activations are recomputed in backward (full or selective activation checkpointing): the
+        planner's memory and FLOP estimates depend on it."""
+        return self.activation_checkpointing in ("full", "selective") or (
+            self.activation_checkpointing == "auto" and self.gradient_checkpointing)
     # DPO
     dpo_beta: float = Field(0.1, gt=0)
     # GRPO

@@ -462,7 +462,7 @@ def _plan_cpu(spec, m: ModelArch, seq: int, token_stats: dict | None) -> TrainPl
     hp = spec.hyperparams
     c = 2.0 if hp.precision in ("bf16", "fp16") else 4.0
     x = _Inputs(m=m, method=spec.method, stage=spec.stage, compute_bytes=c, seq_len=seq,
-                micro_batch=hp.per_device_batch_size, grad_ckpt=hp.gradient_checkpointing, lora_r=spec.lora.r,
+                micro_batch=hp.per_device_batch_size, grad_ckpt=hp.recomputes_activations, lora_r=spec.lora.r,
                 budget=0.0, overhead=0.5 * GB)
     parts = memory_per_gpu(x, "ddp" if spec.strategy == "ddp" else spec.strategy, r.num_workers)
     per_worker = _total(parts)
@@ -484,7 +484,7 @@ def _plan_cpu(spec, m: ModelArch, seq: int, token_stats: dict | None) -> TrainPl
     else:
         reasons.append(f"~{per_worker / GB:.2f} GB RAM per worker (remote cluster {r.ray_address}: RAM not checked)")
     tokens, tok_why = tokens_for_spec(spec, token_stats, r.num_workers)
-    k, k_why = _training_flops_factor(spec.method, spec.stage, hp.gradient_checkpointing)
+    k, k_why = _training_flops_factor(spec.method, spec.stage, hp.recomputes_activations)
     flops = k * m.active_params * tokens if tokens else None
     rate = r.num_workers * r.cpus_per_worker * CPU_GFLOPS_PER_CORE * 1e9
     hours = flops / rate / 3600 if flops else None
@@ -511,7 +511,7 @@ def _plan_cpu(spec, m: ModelArch, seq: int, token_stats: dict | None) -> TrainPl
         memory_breakdown_gb={k2: round(v / GB, 4) for k2, v in parts.items() if not k2.startswith("_")},
         total_params_b=m.total_params / 1e9, active_params_b=m.active_params / 1e9,
         trainable_params=float(parts.get("_trainable", 0)), tokens=tokens, flops=flops, mfu=0.0, seq_len=seq,
-        micro_batch=hp.per_device_batch_size, gradient_checkpointing=hp.gradient_checkpointing,
+        micro_batch=hp.per_device_batch_size, gradient_checkpointing=hp.recomputes_activations,
     )
 
 
@@ -544,7 +544,7 @@ def plan_training(spec, token_stats: dict | None = None, gpu: str | None = None,
     precision = "fp32" if hp.precision == "fp32" else "bf16"
     tokens, tok_why = tokens_for_spec(spec, token_stats, requested or 1)
     common = dict(method=spec.method, stage=spec.stage, gpu=gpu_name, seq_len=seq, micro_batch=hp.per_device_batch_size,
-                  gradient_checkpointing=hp.gradient_checkpointing, lora_r=spec.lora.r, tokens=tokens, mfu=mfu,
+                  gradient_checkpointing=hp.recomputes_activations, lora_r=spec.lora.r, tokens=tokens, mfu=mfu,
                   price=price, precision=precision, max_gpus=max_gpus,
                   extra_assumptions=notes + ([tok_why] if tok_why else []))
     plan = plan_finetune(m, strategy=spec.strategy, num_gpus=requested, **common)
@@ -572,7 +572,7 @@ def plan_training(spec, token_stats: dict | None = None, gpu: str | None = None,
                           f"({alt.nodes} node(s)); figures below are for that cluster"])
         alt.suggested_overrides = overrides(alt)
         return alt
-    if not hp.gradient_checkpointing:
+    if not hp.recomputes_activations:
         plan.reasons.append("try hyperparams.gradient_checkpointing=true, a smaller per_device_batch_size or "
                             "max_seq_len, method=lora/qlora, or a larger GPU")
     return plan
