@@ -182,7 +182,7 @@ def serve_app(serve_base, ray_head, mlflow_server, tmp_path_factory):
     d = tmp_path_factory.mktemp("serve_app")
     spec = d / "serve.yaml"
     spec.write_text(f"name: serve-app\ndata: {{train: '-'}}\nmodel: {{base: {serve_base}, dtype: float32}}\n"
-                    "serve: {max_model_len: 256, max_loras: 2, max_lora_rank: 8}\n"
+                    "serve: {max_model_len: 512, max_loras: 2, max_lora_rank: 8}\n"
                     f"tracking: {{mlflow_uri: '{mlflow_server}'}}\n", encoding="utf-8")
     port = free_port()
     log = d / "serve.log"

@@ -58,7 +58,7 @@ def test_openai_sdk_job_through_the_real_deployment_is_served(retrain_worker, se
 
     overrides = (
         "data.max_seq_len=256", "checkpoint.every_n_steps=1", "eval.engine=vllm", "eval.max_new_tokens=4",
-        "model.dtype=float32", "serve.max_model_len=256",
+        "model.dtype=float32", "serve.max_model_len=512",
         f"eval.suites=[{{name: statute_mcq, path: {TASKS / 'statute_mcq'}, kind: closed}}]",
     )
     settings = ApiSettings(api_keys=(API_KEY,), store_root=str(tmp_path / "store"),
