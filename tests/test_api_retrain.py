@@ -16,9 +16,6 @@ import pytest
 from lexforge.procs import bin_path, spawn, stop_group
 from test_api import ApiServer, chat_rows, jsonl, upload, wait_status
 
-# The session's Ray head must run without token auth (as in tests/test_flows.py): local cluster only.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +29,7 @@ def retrain_worker(prefect_server, mlflow_server, ray_head, lexforge_home, tmp_p
     _, dashboard = ray_head
     env = {"PREFECT_API_URL": prefect_server, "MLFLOW_TRACKING_URI": mlflow_server,
            "LEXFORGE_RAY_DASHBOARD_URL": dashboard, "LEXFORGE_HOME": str(lexforge_home), "LEXFORGE_REPO": str(ROOT),
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "PREFECT_WORKER_QUERY_SECONDS": "1"}
     out = subprocess.run([bin_path("lexforge"), "deploy-flows", "--pool", POOL], env={**os.environ, **env},
                          capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -315,7 +315,7 @@ def orchestrated(prefect_server, ray_head, mlflow_server, tiny_model_dir, lexfor
     pool = f"lexforge-test-{os.getpid()}"
     created = apply_deployments(pool=pool, spec=str(spec_path), echo=lambda *a: None)
     env = {"PREFECT_API_URL": prefect_server, "LEXFORGE_RAY_DASHBOARD_URL": dashboard,
-           "MLFLOW_TRACKING_URI": mlflow_server, "RAY_AUTH_MODE": "disabled", "PREFECT_WORKER_QUERY_SECONDS": "3"}
+           "MLFLOW_TRACKING_URI": mlflow_server, "PREFECT_WORKER_QUERY_SECONDS": "3"}
     log = d / "worker.log"
     worker = spawn([bin_path("prefect"), "worker", "start", "--pool", pool, "--type", "process"], log, env=env)
     try:

@@ -7,7 +7,6 @@ proxied to the Ray Serve app, so one ``openai`` client fine-tunes and then chats
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
+from lexforge import auth
 from lexforge.api.errors import ApiError, bad_request, install_handlers
 from lexforge.api.jobs import JobCreate, available_models
 from lexforge.api.service import FineTuningService
@@ -32,21 +32,16 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 
 def _auth_dependency(settings: ApiSettings):
-    keys = [k.encode() for k in settings.api_keys]
+    allowed = auth.digests(settings.api_keys)
 
     def check(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>' (keys come from LEXFORGE_API_KEYS)",
-                           code="invalid_api_key")
-        given = token.strip().encode()
-        # Compare against every key (constant time each) so timing says nothing about which key matched.
-        ok = False
-        for k in keys:
-            ok |= hmac.compare_digest(given, k)
-        if not ok:
-            raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
+        try:
+            request.state.key_fp = auth.authorize(request.headers.get("authorization"), allowed)
+        except auth.KeyRejected as e:
+            if e.reason == "missing":
+                raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>' (keys come from "
+                               "LEXFORGE_API_KEYS)", code="invalid_api_key") from None
+            raise ApiError(401, "Incorrect API key provided", code="invalid_api_key") from None
 
     return check
 

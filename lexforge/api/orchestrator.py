@@ -47,7 +47,9 @@ class PrefectJobs:
             raise OrchestratorError("PREFECT_API_URL is not set: start the stack (`lexforge up`) or export it")
         self.api_url = api_url.rstrip("/")
         self.deployment = deployment
-        self._http = httpx.Client(base_url=self.api_url, timeout=timeout)
+        from lexforge.auth import prefect_basic_auth
+
+        self._http = httpx.Client(base_url=self.api_url, timeout=timeout, auth=prefect_basic_auth())
         self._deployment_id: str | None = None
 
     def close(self) -> None:

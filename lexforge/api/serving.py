@@ -41,14 +41,15 @@ class ServeClient:
         self.http.close()
 
     def served_base(self) -> str | None:
-        """Path of the base model the serving app runs (from its /v1/models), None when it cannot tell."""
+        """Model id of the base model the serving app runs (its directory name; from /v1/models, which shows no
+        paths), None when it cannot tell."""
         try:
             r = self.http.get("/v1/models", headers=self.inference_headers(None) or self._admin_headers, timeout=30)
             if r.status_code >= 400:
                 return None
             for m in r.json().get("data", []):
                 if m.get("kind") == "base" and m.get("parent") is None:
-                    return m.get("root")
+                    return m.get("id")
         except (httpx.HTTPError, ValueError):
             return None
         return None
@@ -58,7 +59,7 @@ class ServeClient:
         Raises :class:`BaseMismatch` when the app runs another base model (retrying cannot help)."""
         if base_model:
             served = self.served_base()
-            if served and Path(served).expanduser().resolve() != Path(base_model).expanduser().resolve():
+            if served and served != Path(base_model).expanduser().resolve().name and served != Path(base_model).name:
                 raise BaseMismatch(f"the serving app runs base model {served}, but this model was fine-tuned from "
                                    f"{base_model}; start a server for that base (lexforge serve --base ...)")
         try:

@@ -122,7 +122,10 @@ def ensure_ray(spec: JobSpec) -> None:
 
     if ray.is_initialized():
         return
+    from lexforge import ray_auth
+
     address = spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
+    ray_auth.prepare_ray_init(address or "local")  # Ray token auth (lexforge/ray_auth.py)
     if address:
         ray.init(address=address, log_to_driver=True)
         return
