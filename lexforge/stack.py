@@ -29,11 +29,7 @@ from lexforge.procs import (alive, bin_path, describe, find_processes, http_ok, 
 SERVICES = ("prefect", "mlflow", "ray")
 #: Set in the environment of every service process; every descendant inherits it, so `down` finds them all.
 MARKER_ENV = "LEXFORGE_STACK_HOME"
-#: `ray start --node-ip-address 127.0.0.1` alone is not enough: Ray "resolves" a loopback node address to the
-#: machine's network address (ray._private.services.resolve_ip_for_localhost), and its C++ servers bind
-#: 127.0.0.1 only when the node address is 127.0.0.1. This switch (Ray's single-node mode, the default on
-#: macOS/Windows) keeps the node address on loopback for every Ray process of the embedded head.
-RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+RAY_LOOPBACK_ENV = ray_auth.RAY_LOOPBACK_ENV  # every Ray process of the head binds 127.0.0.1 (see there)
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 HOST = "127.0.0.1"
 

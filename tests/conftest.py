@@ -158,8 +158,8 @@ def ray_local(lexforge_home):
     import ray
 
     if not ray.is_initialized():
-        ray_auth.prepare_ray_init("local")  # token auth, as lexforge's own ray.init calls do
-        ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
+        with ray_auth.ray_init_env("local"):  # token auth and loopback, as lexforge's own ray.init calls do
+            ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 

@@ -133,6 +133,25 @@ def test_ray_token_sources_for_clients(tmp_path, monkeypatch):
         assert ray_auth.is_loopback(a) is loop, a
 
 
+def test_ray_init_env_keeps_a_local_cluster_on_loopback_without_leaking(tmp_path, monkeypatch):
+    import ray._private.ray_constants as constants
+    from ray._private import services
+
+    monkeypatch.setenv("LEXFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    before = constants.ENABLE_RAY_CLUSTER
+    with ray_auth.ray_init_env("local"):
+        assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+        assert services.get_node_ip_address() == "127.0.0.1"  # what a new local node is given
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(ray_auth.token_file())
+        assert ray_auth.token_file().is_file()
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ and constants.ENABLE_RAY_CLUSTER == before
+    assert os.environ["RAY_AUTH_MODE"] == "token"  # the token stays: the driver keeps using it
+
+
 # ---- no paths or internal URIs to clients -----------------------------------------------------------------
 
 
@@ -205,3 +224,25 @@ def test_demo_summary_table_with_todays_flow_result():
     text = _render(summary_table({"model": "m", "version": "1", "blended": 0.5, "promoted": False}))
     assert "fine-tuned score" in text and "0.500" in text and "not promoted" in text
     assert "base model score" not in text
+
+
+# ---- docs/security.md: every line of the check list is backed by a test that exists ----------------------
+
+
+def test_every_check_list_line_names_existing_tests():
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "security.md").read_text()
+    section = text.split("## Reviewer's check list", 1)[1].split("\n## ", 1)[0]
+    items = re.split(r"\n- \[ \] ", "\n" + section.split("\n- [ ] ", 1)[1])
+    assert len(items) >= 10
+    for item in filter(None, items):
+        refs = re.findall(r"`(test_\w+\.py)::(test_\w+)`", item)
+        assert refs, f"check list line without a test: {item[:80]!r}"
+        for file, name in refs:
+            tree = ast.parse((root / "tests" / file).read_text())
+            names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+            assert name in names, f"docs/security.md names {file}::{name}, which does not exist"

@@ -638,8 +638,8 @@ def run_server(s: ServeSettings, host: str = "127.0.0.1", port: int = 8000, app_
     from lexforge import ray_auth
 
     if not ray.is_initialized():
-        ray_auth.prepare_ray_init(ray_address or "local")  # the cluster's token (lexforge/ray_auth.py)
-        ray.init(address=ray_address or "local", include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True)
+        with ray_auth.ray_init_env(ray_address or "local"):  # the cluster's token (lexforge/ray_auth.py)
+            ray.init(address=ray_address or "local", include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(build_app(s), name=app_name, route_prefix="/", blocking=False)
