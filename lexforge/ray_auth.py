@@ -72,8 +72,9 @@ def server_env(home: Path | None = None) -> dict[str, str | None]:
 
 
 def client_env(home: Path | None = None) -> dict[str, str]:
-    """The variables a shell needs to reach the embedded stack's Ray (what ``lexforge up`` prints)."""
-    return {MODE_ENV: "token", TOKEN_PATH_ENV: str(token_file(home))}
+    """The variables a shell needs to reach the embedded stack's Ray (what ``lexforge up`` prints): token mode,
+    the token file's path, and single-node mode so ``ray.init("127.0.0.1:PORT")`` keeps the loopback address."""
+    return {MODE_ENV: "token", TOKEN_PATH_ENV: str(token_file(home)), **RAY_LOOPBACK_ENV}
 
 
 def is_loopback(address: str | None) -> bool:
@@ -147,14 +148,15 @@ def prepare_ray_init(address: str | None) -> None:
 
 @contextmanager
 def ray_init_env(address: str | None):
-    """Around ``ray.init(address)``: the token (:func:`prepare_ray_init`) and, for a new local cluster, Ray's
-    single-node mode (:data:`RAY_LOOPBACK_ENV`) while its processes start, so every one of them binds 127.0.0.1.
-    The mode is undone afterwards: it must not leak into other Ray processes this one starts later (a
-    multi-node ``ray start --address`` refuses to run in it)."""
+    """Around ``ray.init(address)``: the token (:func:`prepare_ray_init`) and, for a new local cluster or a
+    loopback address (the embedded stack), Ray's single-node mode (:data:`RAY_LOOPBACK_ENV`): a new cluster's
+    processes then bind 127.0.0.1, and a driver keeps ``127.0.0.1:PORT`` instead of rewriting it to the
+    machine's address (where a loopback-only GCS does not listen). The mode is undone afterwards: it must not
+    leak into other Ray processes this one starts later (a multi-node ``ray start --address`` refuses it)."""
     import sys
 
     prepare_ray_init(address)
-    if address not in (None, "", "local"):
+    if address == "auto" or not is_loopback(address):  # "auto": whatever cluster this node belongs to
         yield
         return
     saved = {k: os.environ.get(k) for k in RAY_LOOPBACK_ENV}

@@ -103,9 +103,10 @@ def test_up_is_idempotent_and_names_the_token_file_not_the_token(stack):
     assert st.returncode == 0, st.stdout + st.stderr
     services = {s["name"]: s for s in json.loads(st.stdout)}
     assert set(services) == {"prefect", "mlflow", "ray"} and all(s["healthy"] for s in services.values())
-    again = _cli("up", env=env)
+    again = _cli("up", "--verbose", env=env)
     stack["outputs"].append(again.stdout + again.stderr)
     assert again.returncode == 0 and again.stderr.count("already running") == 3, again.stderr
+    assert up.count("\n") < 30 and "already running" not in up  # without --verbose: one progress line + table
     assert {s["name"]: s["pid"] for s in json.loads(_cli("status", "--json", env=env).stdout)} == \
         {k: v["pid"] for k, v in services.items()}
 
@@ -131,7 +132,7 @@ def test_ray_refuses_unauthenticated_clients(stack):
     assert _http(f"{dash}/api/jobs/", headers={"Authorization": f"Bearer {stack['token']}"}) == 200
     # the GCS (what `ray.init(address=...)` and every worker talk to) refuses a client without the token
     env = {k: v for k, v in stack["env"].items() if not k.startswith("RAY_AUTH")}
-    env.update({"RAY_AUTH_MODE": "disabled"})
+    env.update({"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})  # reach 127.0.0.1 itself
     env["RAY_gcs_rpc_server_reconnect_timeout_s"] = "10"
     probe = ("import ray; ray.init(address=%r, log_to_driver=False); print('CONNECTED')" % cfg.ray_address)
     try:

@@ -105,6 +105,7 @@ def test_ray_token_file_is_private_and_stable(tmp_path):
     env = ray_auth.server_env(tmp_path)
     assert env == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(f), "RAY_AUTH_TOKEN": None}
     assert token not in repr(env) and token not in repr(ray_auth.client_env(tmp_path))
+    assert ray_auth.client_env(tmp_path)["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
 
 
 def test_ray_token_sources_for_clients(tmp_path, monkeypatch):
@@ -150,6 +151,11 @@ def test_ray_init_env_keeps_a_local_cluster_on_loopback_without_leaking(tmp_path
         assert ray_auth.token_file().is_file()
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ and constants.ENABLE_RAY_CLUSTER == before
     assert os.environ["RAY_AUTH_MODE"] == "token"  # the token stays: the driver keeps using it
+    with ray_auth.ray_init_env("127.0.0.1:6380"):  # a driver of the embedded stack keeps the loopback address
+        assert services.canonicalize_bootstrap_address("127.0.0.1:6380") == "127.0.0.1:6380"
+    for remote in ("auto", "10.1.2.3:6379"):
+        with ray_auth.ray_init_env(remote):
+            assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
 
 
 # ---- no paths or internal URIs to clients -----------------------------------------------------------------
