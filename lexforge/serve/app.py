@@ -71,7 +71,7 @@ async def _require_api_key(request: Request, call_next):
     if request.url.path not in PUBLIC_PATHS:
         try:
             request.state.key_fp = auth.check_key(request.headers.get("authorization"),
-                                             admin=request.url.path.startswith("/admin/"))
+                                                  admin=request.url.path.startswith("/admin/"))
         except APIError as e:
             return e.response()
     return await call_next(request)
