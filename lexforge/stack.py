@@ -298,6 +298,20 @@ def _stop_service(pid: int) -> list:
     return stop_processes(list(rest.values())) if rest else []
 
 
+def _is_ours(cfg: StackConfig, svc: str, pid: int) -> bool:
+    """``pid`` carries this stack's marker (or, started before markers existed, runs the service's program)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        marker = p.environ().get(MARKER_ENV)
+        return marker == cfg.marker if marker is not None else svc in " ".join(p.cmdline())
+    except psutil.AccessDenied:
+        return False
+    except psutil.Error:
+        return False
+
+
 def stack_processes(cfg: StackConfig) -> list:
     """Every live process of this stack (by the marker variable its services pass to all descendants)."""
     return find_processes(env_marker=(MARKER_ENV, cfg.marker))
@@ -311,6 +325,10 @@ def down(cfg: StackConfig | None = None, services: tuple[str, ...] = SERVICES, e
         pid = read_pid(cfg, svc)
         if pid is None:
             echo(f"{svc}: not running")
+            continue
+        if not _is_ours(cfg, svc, pid):  # the pid was reused by an unrelated process: never stop that one
+            echo(f"{svc}: pid {pid} is no longer this stack's {svc} (stale pid file); not stopping it")
+            _pid_file(cfg, svc).unlink(missing_ok=True)
             continue
         survivors += _stop_service(pid)
         _pid_file(cfg, svc).unlink(missing_ok=True)

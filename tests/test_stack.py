@@ -57,3 +57,22 @@ def test_port_taken_by_a_stranger_is_refused_before_anything_starts(stack_env, t
     assert r.returncode != 0
     assert f"port(s) {stack_env['LEXFORGE_MLFLOW_PORT']}" in r.stderr and "already in use" in r.stderr
     assert not list((tmp_path / "home" / "stack").glob("*.pid")), "nothing may be started"
+
+
+def test_down_never_stops_a_stranger_that_reused_a_pid(tmp_path):
+    """A pid file whose pid now belongs to an unrelated process: `down` leaves that process alone."""
+    from lexforge import stack
+
+    home = tmp_path / "home"
+    cfg = stack.StackConfig(home=home)
+    cfg.state_dir.mkdir(parents=True)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        (cfg.state_dir / "mlflow.pid").write_text(str(stranger.pid))
+        msgs = []
+        assert stack.down(cfg, echo=msgs.append) == []
+        assert stranger.poll() is None, "down killed a process that is not part of the stack"
+        assert any("stale pid file" in m for m in msgs) and not (cfg.state_dir / "mlflow.pid").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
