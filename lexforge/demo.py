@@ -193,7 +193,7 @@ def register(app: typer.Typer) -> None:
         under $LEXFORGE_HOME/logs/demo/ (printed), or to the terminal with --verbose."""
         try:
             summary = run_demo(spec, override, serve_port, question, keep_serving, verbose=verbose)
-        except RuntimeError as e:
+        except (RuntimeError, TimeoutError, ConnectionError) as e:  # the step and its log are named above
             console.print(f"[red]lexforge demo failed:[/] {e}")
             raise typer.Exit(1)
         if json_out:
