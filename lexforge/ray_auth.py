@@ -33,7 +33,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: `--node-ip-address 127.0.0.1` alone does not keep Ray on loopback: Ray replaces a loopback node address by the
 #: machine's network address (ray._private.services.resolve_ip_for_localhost), and its servers then listen on
 #: all interfaces. Ray's single-node mode (the default on macOS/Windows) keeps the node address, and with it
-#: every server of every Ray process, on 127.0.0.1 (measured: tests/test_security.py).
+#: the servers of every Ray process, on 127.0.0.1 (measured: tests/test_security.py). The one exception is Ray
+#: Serve's replica gRPC server, hard-coded to [::]:0 and guarded by the token.
 RAY_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 

@@ -3,8 +3,9 @@ artifacts) and a Ray head, all on 127.0.0.1, with pid files, logs and health che
 
 The Ray head runs with token authentication (:mod:`lexforge.ray_auth`: a 0600 token file under
 ``$LEXFORGE_HOME/stack``, passed to Ray as a path, never as a value); every lexforge client of it sends the
-token. Every Ray process binds 127.0.0.1 (Ray's single-node mode, :data:`RAY_LOOPBACK_ENV`: measured on every
-listening socket by tests/test_security.py).
+token. Ray binds 127.0.0.1 (Ray's single-node mode, :data:`RAY_LOOPBACK_ENV`), except Ray Serve's replica gRPC
+server, hard-coded to all interfaces and token-guarded (measured on every listening socket by
+tests/test_security.py; docs/security.md).
 
 ``lexforge up`` is idempotent (running services are left alone; stale pid files are cleaned up),
 ``lexforge down`` stops every process of the stack, children included: each service's process group, then
