@@ -12,11 +12,13 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Callable
 
@@ -80,11 +82,14 @@ class Phase:
         if self.verbose:
             self.console.rule(f"[bold]{self.title}")
         else:
+            from rich.console import Console
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+            # bound to the terminal stream itself, so capture() can take sys.stdout/sys.stderr away
+            live = Console(file=self.console.file, stderr=self.console.stderr)
             self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"),
                                       TextColumn("[dim]{task.fields[status]}"), TimeElapsedColumn(),
-                                      console=self.console, transient=True)
+                                      console=live, transient=True)
             self._progress.start()
             self._task = self._progress.add_task(self.title, total=None, status="")
         return self
@@ -102,6 +107,20 @@ class Phase:
             self.status = short
             self._progress.update(self._task, status=short)
 
+    @contextmanager
+    def capture(self):
+        """This process's own ``print``/tqdm/warnings output (sys.stdout, sys.stderr) goes to the phase, not the
+        terminal, while in the block (a no-op with ``verbose``)."""
+        if self.verbose:
+            yield
+            return
+        writer = _LineWriter(self.line)
+        with redirect_stdout(writer), redirect_stderr(writer):
+            try:
+                yield
+            finally:
+                writer.flush_line()
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._progress is not None:
             self._progress.stop()
@@ -117,6 +136,32 @@ class Phase:
             self.console.print(f"[red]✗ {self.title} failed after {took:.0f}s[/]; last lines of "
                                f"{self.log_path}:", highlight=False)
             self.console.print(tail(self.log_path, 25), markup=False, highlight=False)
+
+
+class _LineWriter(io.TextIOBase):
+    """A text stream that hands complete lines to ``sink`` (a tqdm bar's ``\r`` updates stay in one line)."""
+
+    def __init__(self, sink: Callable[[str], None]):
+        super().__init__()
+        self._sink, self._buf = sink, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._sink(line)
+        return len(text)
+
+    def flush_line(self) -> None:
+        if self._buf:
+            self._sink(self._buf)
+            self._buf = ""
+
+    def isatty(self) -> bool:
+        return False
 
 
 def tail(path: Path, n: int) -> str:

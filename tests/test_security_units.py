@@ -252,3 +252,34 @@ def test_every_check_list_line_names_existing_tests():
             tree = ast.parse((root / "tests" / file).read_text())
             names = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
             assert name in names, f"docs/security.md names {file}::{name}, which does not exist"
+
+
+def test_a_phase_shows_one_line_and_keeps_everything_in_its_log(tmp_path):
+    """What `lexforge demo`/`up` do per step: the terminal gets one result line naming the log; the log gets the
+    step's whole output (a subprocess's and this process's own), without ANSI codes."""
+    import io
+    import sys
+
+    from rich.console import Console
+
+    from lexforge.console import Phase, run_phase
+
+    term = io.StringIO()
+    console = Console(file=term, width=200)
+    noisy = ("import sys\nfor i in range(3): print(f'\\x1b[36m(RayTrainWorker pid={i})\\x1b[0m step {i}')\n"
+             "sys.stderr.write('Loading: 50%|#####     | 1/2\\rLoading: 100%|##########| 2/2\\n')\n")
+    with Phase(console, "3/5 train", tmp_path / "3-train.log") as ph:
+        out = run_phase([sys.executable, "-c", noisy], {}, ph)
+        with ph.capture():
+            print("in-process noise")
+    assert "step 2" in out
+    shown = term.getvalue()
+    assert "RayTrainWorker" not in shown and "Loading" not in shown and "in-process noise" not in shown
+    assert "3/5 train" in shown and f"log: {tmp_path / '3-train.log'}" in shown.replace("\n", "")
+    log = (tmp_path / "3-train.log").read_text()
+    assert "(RayTrainWorker pid=2) step 2" in log and "Loading: 100%|##########| 2/2" in log
+    assert "in-process noise" in log and "\x1b[" not in log
+    with pytest.raises(RuntimeError, match="3-fail.log"):
+        with Phase(console, "fail", tmp_path / "3-fail.log") as ph:
+            run_phase([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], {}, ph)
+    assert "boom" in term.getvalue()  # a failed step shows the tail of its log
