@@ -28,7 +28,7 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\
 _BAR = re.compile(r"\d{1,3}%\|[^|]*\|")
 #: Loggers of the libraries whose output belongs in a log file, not on the terminal.
 LIBRARY_LOGGERS = ("ray", "vllm", "transformers", "torch", "datasets", "peft", "trl", "accelerate", "deepspeed",
-                   "filelock", "urllib3", "httpx", "mlflow", "alembic", "py.warnings")
+                   "DeepSpeed", "filelock", "urllib3", "httpx", "mlflow", "alembic", "py.warnings")
 
 
 def strip_ansi(text: str) -> str:
@@ -87,11 +87,12 @@ class Phase:
 
             # bound to the terminal stream itself, so capture() can take sys.stdout/sys.stderr away
             live = Console(file=self.console.file, stderr=self.console.stderr)
-            self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"),
-                                      TextColumn("[dim]{task.fields[status]}"), TimeElapsedColumn(),
-                                      console=live, transient=True)
-            self._progress.start()
-            self._task = self._progress.add_task(self.title, total=None, status="")
+            if live.is_terminal:  # a pipe or a file gets the result lines only
+                self._progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"),
+                                          TextColumn("[dim]{task.fields[status]}"), TimeElapsedColumn(),
+                                          console=live, transient=True)
+                self._progress.start()
+                self._task = self._progress.add_task(self.title, total=None, status="")
         return self
 
     def line(self, text: str) -> None:
@@ -99,6 +100,10 @@ class Phase:
         if self._log is not None:
             self._log.write(clean_line(text) + "\n")
             self._log.flush()
+        elif self._t0:  # a late write after the phase ended (e.g. a logger that kept our stream): still logged
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(clean_line(text) + "\n")
+            return
         if self.verbose:
             self.console.print(text.rstrip("\n"), markup=False, highlight=False)
             return
@@ -128,6 +133,7 @@ class Phase:
             if exc is not None:
                 self._log.write(f"lexforge: phase failed: {type(exc).__name__}: {exc}\n")
             self._log.close()
+            self._log = None
         took = time.monotonic() - self._t0
         if exc is None:
             self.console.print(f"[green]✓[/] {self.title} [dim]({took:.0f}s, log: {self.log_path})[/]",
@@ -224,8 +230,10 @@ def route_library_logs(log_path: Path, names: tuple[str, ...] = LIBRARY_LOGGERS)
 
 
 def _is_terminal_handler(h: logging.Handler) -> bool:
+    """A handler writing to the terminal, or to a Phase's captured stream (created while a phase captured)."""
+    stream = getattr(h, "stream", None)
     return isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) and \
-        getattr(h, "stream", None) in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+        (stream in (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__) or isinstance(stream, _LineWriter))
 
 
 def echo_to(phase: Phase) -> Callable[[str], None]:

@@ -76,7 +76,7 @@ def summary_table(summary: dict):
     Never given a secret: keys and tokens appear as file paths only."""
     from rich.table import Table
 
-    t = Table(title="lexforge demo", show_lines=False, title_justify="left")
+    t = Table(title="lexforge demo", show_header=False, title_justify="left")
     t.add_column("", style="bold", no_wrap=True)
     t.add_column("")
     scores = summary.get("scores") or {}
@@ -140,6 +140,8 @@ def run_demo(spec_path: Path, overrides: list[str], serve_port: int, question: s
             ph.capture():  # the GGUF conversion's progress bars
         path = bootstrap_smollm2()
         ph.line(f"base model: {path}")
+    if not verbose:  # loggers created by those imports (deepspeed, transformers) go to the file as well
+        route_library_logs(logs / "libraries.log")
 
     t0 = time.monotonic()
     with Phase(console, "3/5 Prefect flow `retrain`: sanitize, plan, train on Ray, evaluate, register, promote",
