@@ -7,7 +7,6 @@ proxied to the Ray Serve app, so one ``openai`` client fine-tunes and then chats
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from api.errors import ApiError, bad_request, install_handlers
 from api.jobs import JobCreate, available_models
 from api.service import FineTuningService
 from api.settings import ApiSettings
+from lexforge import auth
 
 log = logging.getLogger("lexforge.api")
 
@@ -34,21 +34,16 @@ FORWARDED_HEADERS = {"x-lexforge-model-version", "x-request-id"}
 
 
 def _auth_dependency(settings: ApiSettings):
-    keys = [k.encode() for k in settings.api_keys]
+    allowed = auth.digests(settings.api_keys)
 
     def check(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>' (keys come from LEXFORGE_API_KEYS)",
-                           code="invalid_api_key")
-        given = token.strip().encode()
-        # Compare against every key (constant time each) so timing says nothing about which key matched.
-        ok = False
-        for k in keys:
-            ok |= hmac.compare_digest(given, k)
-        if not ok:
-            raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
+        try:
+            request.state.key_fp = auth.authorize(request.headers.get("authorization"), allowed)
+        except auth.KeyRejected as e:
+            if e.reason == "missing":
+                raise ApiError(401, "Missing API key: send 'Authorization: Bearer <key>' (keys come from "
+                               "LEXFORGE_API_KEYS)", code="invalid_api_key") from None
+            raise ApiError(401, "Incorrect API key provided", code="invalid_api_key") from None
 
     return check
 

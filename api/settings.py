@@ -10,9 +10,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lexforge import auth
 from lexforge.config import lexforge_home
 
-ENV_KEYS = "LEXFORGE_API_KEYS"
+ENV_KEYS = auth.API_KEYS_ENV
 
 
 def _env_int(name: str, default: int) -> int:
@@ -26,7 +27,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _keys_from_env() -> tuple[str, ...]:
-    return tuple(k.strip() for k in os.environ.get(ENV_KEYS, "").split(",") if k.strip())
+    return tuple(auth.keys_from_env(ENV_KEYS))
 
 
 @dataclass
@@ -44,7 +45,7 @@ class ApiSettings:
     #: Prefect API (``PREFECT_API_URL``) and the deployment a job runs as (``flow_name/deployment_name``).
     prefect_api_url: str = field(default_factory=lambda: os.environ.get("PREFECT_API_URL", ""))
     #: Prefect server basic auth ``user:password`` (``PREFECT_API_AUTH_STRING``) for shared servers.
-    prefect_auth_string: str = field(default_factory=lambda: os.environ.get("PREFECT_API_AUTH_STRING", ""),
+    prefect_auth_string: str = field(default_factory=lambda: auth.prefect_auth_string(),
                                      repr=False)
     deployment: str = field(default_factory=lambda: os.environ.get("LEXFORGE_API_DEPLOYMENT",
                                                                    "retrain/lexforge-retrain"))
@@ -55,9 +56,9 @@ class ApiSettings:
     #: Ray Serve app (OpenAI-compatible); finished adapters are registered there and chat is proxied to it.
     serve_url: str = field(default_factory=lambda: os.environ.get("LEXFORGE_SERVE_URL", ""))
     #: Key for the serve app's inference routes; empty = forward the caller's own Bearer key.
-    serve_api_key: str = field(default_factory=lambda: os.environ.get("LEXFORGE_SERVE_API_KEY", ""), repr=False)
+    serve_api_key: str = field(default_factory=lambda: os.environ.get(auth.SERVE_API_KEY_ENV, "").strip(), repr=False)
     #: Key for the serve app's admin routes (adapter registration).
-    serve_admin_key: str = field(default_factory=lambda: os.environ.get("LEXFORGE_SERVE_ADMIN_KEY", ""), repr=False)
+    serve_admin_key: str = field(default_factory=lambda: os.environ.get(auth.SERVE_ADMIN_KEY_ENV, "").strip(), repr=False)
     #: Base models clients may name (comma separated); empty = every model under $LEXFORGE_HOME/models.
     allowed_models: tuple[str, ...] = field(default_factory=lambda: tuple(
         m.strip() for m in os.environ.get("LEXFORGE_API_MODELS", "").split(",") if m.strip()))
@@ -74,5 +75,6 @@ class ApiSettings:
     def validate(self) -> None:
         if not self.api_keys:
             raise ValueError(f"no API keys configured: set {ENV_KEYS}=key1,key2 (the API never runs unauthenticated)")
+        auth.check_key_lengths(self.api_keys, f"${ENV_KEYS}")  # an AuthConfigError is a ValueError
         if self.deployment.count("/") != 1:
             raise ValueError(f"LEXFORGE_API_DEPLOYMENT={self.deployment!r} must look like flow_name/deployment_name")

@@ -61,8 +61,13 @@ def up(
     ray_port: Optional[int] = typer.Option(None, help="Ray GCS port [6380 or $LEXFORGE_RAY_PORT]"),
     ray_dashboard_port: Optional[int] = typer.Option(None, help="Ray dashboard/jobs port [8265]"),
     mlflow_artifacts: str = typer.Option("", help="MLflow artifact root: local dir or s3://bucket/prefix"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print each start-up step instead of one "
+                                                               "progress line"),
 ) -> None:
-    """Start the embedded stack (Prefect server, MLflow server, Ray head) on 127.0.0.1. Idempotent."""
+    """Start the embedded stack (Prefect server, MLflow server, Ray head) on 127.0.0.1. Idempotent.
+
+    Ray runs with token authentication: the token is generated into $LEXFORGE_HOME/stack/ray_auth_token
+    (mode 0600) and every lexforge client reads it from there; the printed exports name that file."""
     from lexforge import stack
 
     cfg = stack.load_config()
@@ -77,22 +82,30 @@ def up(
                               f"run `lexforge down` first to change it[/]")
                 raise typer.Exit(2)
             setattr(cfg, attr, val)
+    from lexforge.console import Phase, echo_to
+
     try:
-        stack.up(cfg, echo=console.print)
+        with Phase(console, "starting the embedded stack (Prefect, MLflow, Ray)", cfg.log_dir / "up.log",
+                   verbose) as ph:
+            stack.up(cfg, echo=echo_to(ph))
     except (RuntimeError, TimeoutError) as e:
         console.print(f"[red]lexforge up failed:[/] {e}")
         raise typer.Exit(1)
     _print_status(stack.status(cfg))
-    for k, v in cfg.env().items():
+    for k, v in cfg.env().items():  # RAY_AUTH_TOKEN_PATH is the token file's path; the token is never printed
         print(f"export {k}={v}")
 
 
 @app.command()
 def down() -> None:
-    """Stop the embedded stack (by PID, whole process groups)."""
+    """Stop the embedded stack and everything it started (Ray jobs, a `lexforge serve` app on its Ray and
+    their children, e.g. vLLM engines), then check that nothing of it is left; exit 1 if something is."""
     from lexforge import stack
 
-    stack.down(echo=console.print)
+    left = stack.down(echo=console.print)
+    if left:
+        console.print(f"[red]{len(left)} process(es) of the stack could not be stopped[/] (see above)")
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -92,8 +92,12 @@ def job_client(spec: JobSpec | None = None, address: str | None = None):
         raise ConnectionError(
             f"cannot reach the Ray jobs API at {url}. Start the embedded stack (`lexforge up`), or set "
             "resources.ray_address to the cluster's dashboard URL (http://HEAD:8265) / $LEXFORGE_RAY_DASHBOARD_URL")
-    try:
-        return JobSubmissionClient(url)
+    from lexforge import ray_auth
+
+    try:  # the Ray token (embedded stack: its 0600 file; KubeRay: $RAY_AUTH_TOKEN from the Secret)
+        return JobSubmissionClient(url, headers=ray_auth.http_headers(url))
+    except ray_auth.RayAuthError as e:
+        raise ConnectionError(f"cannot authenticate to the Ray jobs API at {url}: {e}") from None
     except Exception as e:  # ConnectionError, RuntimeError from the version check
         raise ConnectionError(
             f"cannot reach the Ray jobs API at {url}: {e}. Start the embedded stack (`lexforge up`), or set "

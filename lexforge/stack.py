@@ -1,10 +1,18 @@
 """The embedded stack: a local Prefect server (sqlite), MLflow tracking server (sqlite + local or S3
 artifacts) and a Ray head, all on 127.0.0.1, with pid files, logs and health checks.
 
+The Ray head runs with token authentication (:mod:`lexforge.ray_auth`: a 0600 token file under
+``$LEXFORGE_HOME/stack``, passed to Ray as a path, never as a value); every lexforge client of it sends the
+token. Ray binds 127.0.0.1 (Ray's single-node mode, :data:`RAY_LOOPBACK_ENV`), except Ray Serve's replica gRPC
+server, hard-coded to all interfaces and token-guarded (measured on every listening socket by
+tests/test_security.py; docs/security.md).
+
 ``lexforge up`` is idempotent (running services are left alone; stale pid files are cleaned up),
-``lexforge down`` stops by PID (whole process group), ``lexforge status`` reports health.
-State lives in ``$LEXFORGE_HOME/stack`` (``stack.json`` holds the ports in use), logs in
-``$LEXFORGE_HOME/logs``.
+``lexforge down`` stops every process of the stack, children included: each service's process group, then
+every process still in a service's session or carrying the stack's marker variable (:data:`MARKER_ENV`;
+e.g. the vLLM engines of a ``lexforge serve`` app on the stack's Ray), then it checks and reports anything
+left. ``lexforge status`` reports health. State lives in ``$LEXFORGE_HOME/stack`` (``stack.json`` holds the
+ports in use), logs in ``$LEXFORGE_HOME/logs``.
 """
 
 from __future__ import annotations
@@ -14,10 +22,15 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lexforge import ray_auth
 from lexforge.config import lexforge_home
-from lexforge.procs import bin_path, http_ok, pid_alive, spawn, stop_group, wait_http
+from lexforge.procs import (alive, bin_path, describe, find_processes, http_ok, pid_alive, spawn, stop_group,
+                            stop_processes, tree, wait_http)
 
 SERVICES = ("prefect", "mlflow", "ray")
+#: Set in the environment of every service process; every descendant inherits it, so `down` finds them all.
+MARKER_ENV = "LEXFORGE_STACK_HOME"
+RAY_LOOPBACK_ENV = ray_auth.RAY_LOOPBACK_ENV  # every Ray process of the head binds 127.0.0.1 (see there)
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 HOST = "127.0.0.1"
 
@@ -84,8 +97,12 @@ class StackConfig:
             "RAY_ADDRESS": self.ray_address,
             "LEXFORGE_RAY_DASHBOARD_URL": self.ray_dashboard_url,
             "LEXFORGE_HOME": str(self.home),
-            "RAY_AUTH_MODE": "disabled",  # the embedded head is loopback-only and runs without token auth
+            **ray_auth.client_env(self.home),  # token mode + the token file's path (never the token)
         }
+
+    @property
+    def marker(self) -> str:
+        return str(self.home.resolve())
 
 
 def _state_file(cfg: StackConfig) -> Path:
@@ -127,6 +144,13 @@ def read_pid(cfg: StackConfig, svc: str) -> int | None:
         f.unlink(missing_ok=True)  # stale pid file
         return None
     return pid
+
+
+def health_headers(cfg: StackConfig, svc: str) -> dict[str, str]:
+    """Ray's jobs API needs the token (its unauthenticated /api/gcs_healthz says nothing about the jobs API)."""
+    if svc == "ray" and ray_auth.token_file(cfg.home).is_file():
+        return {"Authorization": f"Bearer {ray_auth.token_file(cfg.home).read_text().strip()}"}
+    return {}
 
 
 def health_url(cfg: StackConfig, svc: str) -> str:
@@ -172,10 +196,9 @@ def _command(cfg: StackConfig, svc: str) -> tuple[list[str], dict[str, str]]:
         ]
         if cfg.ray_num_cpus:
             cmd += ["--num-cpus", str(cfg.ray_num_cpus)]
-        # The embedded head listens on loopback only. Ray turns token auth on whenever ~/.ray/auth_token exists
-        # (any local ray.init() writes it), which would make the dashboard health check and job submission
-        # fail with 401; production clusters (infra/kuberay) keep token auth on.
-        return cmd, {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        # Token auth on, with this stack's token file (an inherited RAY_AUTH_TOKEN is removed so it cannot
+        # override it); every Ray process, job driver and Serve replica inherits this environment.
+        return cmd, {"RAY_USAGE_STATS_ENABLED": "0", **RAY_LOOPBACK_ENV, **ray_auth.server_env(home)}
     raise ValueError(f"unknown service {svc!r}; choose from {SERVICES}")
 
 
@@ -220,8 +243,8 @@ def status(cfg: StackConfig | None = None) -> list[ServiceStatus]:
     for svc in SERVICES:
         url = {"prefect": cfg.prefect_ui_url, "mlflow": cfg.mlflow_url, "ray": cfg.ray_dashboard_url}[svc]
         pid = read_pid(cfg, svc)
-        out.append(ServiceStatus(svc, pid, pid is not None and http_ok(health_url(cfg, svc)), url,
-                                 str(cfg.log_dir / f"{svc}.log")))
+        healthy = pid is not None and http_ok(health_url(cfg, svc), headers=health_headers(cfg, svc))
+        out.append(ServiceStatus(svc, pid, healthy, url, str(cfg.log_dir / f"{svc}.log")))
     return out
 
 
@@ -250,31 +273,79 @@ def up(cfg: StackConfig | None = None, services: tuple[str, ...] = SERVICES, tim
     for svc in to_start:
         cmd, env = _command(cfg, svc)
         log = cfg.log_dir / f"{svc}.log"
-        proc = spawn(cmd, log, env=env)
+        proc = spawn(cmd, log, env={**env, MARKER_ENV: cfg.marker})
         _pid_file(cfg, svc).write_text(str(proc.pid))
         started[svc] = (proc, log)
         echo(f"{svc}: starting (pid {proc.pid}, log {log})")
     for svc, (proc, log) in started.items():
         try:
-            wait_http(health_url(cfg, svc), timeout=timeout, proc=proc, log_path=log)
+            wait_http(health_url(cfg, svc), timeout=timeout, proc=proc, log_path=log,
+                      headers=health_headers(cfg, svc))
         except Exception:
-            stop_group(proc.pid)
+            _stop_service(proc.pid)
             _pid_file(cfg, svc).unlink(missing_ok=True)
             raise
         echo(f"{svc}: healthy at {health_url(cfg, svc)}")
     return cfg
 
 
-def down(cfg: StackConfig | None = None, services: tuple[str, ...] = SERVICES, echo=print) -> None:
+def _stop_service(pid: int) -> list:
+    """Stop one service: its process group (``ray start --block`` stops Ray's own processes on SIGTERM), then
+    whatever of its process tree (snapshot first) or its session is still alive. Returns what survived."""
+    members = tree(pid)
+    stop_group(pid)
+    rest = {p.pid: p for p in members if alive(p)}
+    rest.update({p.pid: p for p in find_processes(sessions={pid})})
+    return stop_processes(list(rest.values())) if rest else []
+
+
+def _is_ours(cfg: StackConfig, svc: str, pid: int) -> bool:
+    """``pid`` carries this stack's marker (or, started before markers existed, runs the service's program)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        marker = p.environ().get(MARKER_ENV)
+        return marker == cfg.marker if marker is not None else svc in " ".join(p.cmdline())
+    except psutil.AccessDenied:
+        return False
+    except psutil.Error:
+        return False
+
+
+def stack_processes(cfg: StackConfig) -> list:
+    """Every live process of this stack (by the marker variable its services pass to all descendants)."""
+    return find_processes(env_marker=(MARKER_ENV, cfg.marker))
+
+
+def down(cfg: StackConfig | None = None, services: tuple[str, ...] = SERVICES, echo=print) -> list[str]:
+    """Stop the services (and everything they started); returns descriptions of processes that survived."""
     cfg = cfg or load_config()
+    survivors = []
     for svc in reversed(services):
         pid = read_pid(cfg, svc)
         if pid is None:
             echo(f"{svc}: not running")
             continue
-        stop_group(pid)
+        if not _is_ours(cfg, svc, pid):  # the pid was reused by an unrelated process: never stop that one
+            echo(f"{svc}: pid {pid} is no longer this stack's {svc} (stale pid file); not stopping it")
+            _pid_file(cfg, svc).unlink(missing_ok=True)
+            continue
+        survivors += _stop_service(pid)
         _pid_file(cfg, svc).unlink(missing_ok=True)
         echo(f"{svc}: stopped (pid {pid})")
+    if set(services) == set(SERVICES):
+        # Processes that left their service's session, or whose service was already gone (e.g. vLLM engines of a
+        # serving app whose Ray worker was killed): found by the stack's marker.
+        stray = stack_processes(cfg)
+        if stray:
+            echo(f"stopping {len(stray)} leftover process(es) of this stack: "
+                 + ", ".join(describe(p) for p in stray[:5]) + (" ..." if len(stray) > 5 else ""))
+            survivors += stop_processes(stray)
+    left = [describe(p) for p in survivors if alive(p)]
+    for d in left:
+        echo(f"could not stop {d}")
+    return left
 
 
 def activate_env(cfg: StackConfig | None = None) -> dict[str, str]:

@@ -138,8 +138,12 @@ STACK_PORT_VARS = ("LEXFORGE_PREFECT_PORT", "LEXFORGE_MLFLOW_PORT", "LEXFORGE_RA
 
 
 def isolated_stack_env(home: Path) -> dict[str, str]:
-    """Env vars for an embedded stack of its own: a private LEXFORGE_HOME and free ports for every service."""
-    return {"LEXFORGE_HOME": str(home), **{var: str(free_port()) for var in STACK_PORT_VARS}}
+    """Env vars for an embedded stack of its own: a private LEXFORGE_HOME, free ports for every service, and
+    that stack's Ray token file (created by `lexforge up`) for every client started with this env."""
+    from lexforge import ray_auth
+
+    return {"LEXFORGE_HOME": str(home), **{var: str(free_port()) for var in STACK_PORT_VARS},
+            **ray_auth.client_env(home)}
 
 
 def ray_train_worker_processes() -> list:

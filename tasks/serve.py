@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
+from lexforge import auth
 from lexforge.config import JobSpec
 from tasks.dashboard import artifact_key
 
@@ -18,13 +19,9 @@ def serve_url() -> str | None:
 
 
 def admin_key() -> str:
-    """The key for /admin routes: $LEXFORGE_SERVE_ADMIN_KEY, else the first of $LEXFORGE_ADMIN_API_KEYS or
-    $LEXFORGE_API_KEYS (the serving app's own key lists). Never logged."""
-    for var in ("LEXFORGE_SERVE_ADMIN_KEY", "LEXFORGE_ADMIN_API_KEYS", "LEXFORGE_API_KEYS"):
-        keys = [k.strip() for k in os.environ.get(var, "").split(",") if k.strip()]
-        if keys:
-            return keys[0]
-    return ""
+    """The key for /admin routes (:func:`lexforge.auth.serve_admin_key`: $LEXFORGE_SERVE_ADMIN_KEY, else the
+    first of $LEXFORGE_ADMIN_API_KEYS or $LEXFORGE_API_KEYS, the serving app's own key lists). Never logged."""
+    return auth.serve_admin_key()
 
 
 @task(name="reload-champion", cache_policy=NONE, retries=2, retry_delay_seconds=5)

@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 
 from lexforge import jobs
 from lexforge.config import JobSpec
+from lexforge.console import clean_line, is_progress_bar, progress_bar_done
 from tasks.dashboard import artifact_key, mlflow_run_url, ray_job_url
 
 
@@ -68,8 +69,11 @@ def train(spec: JobSpec, dataset_digest: str | None = None, entrypoint: str | No
         log.info("progress: %s", _describe(p))
 
     def on_log(line: str) -> None:
-        if "LEXFORGE_PROGRESS " not in line:  # progress goes to the progress artifact instead
-            log.info("[ray] %s", line)
+        if "LEXFORGE_PROGRESS " in line:  # progress goes to the progress artifact instead
+            return
+        text = clean_line(line)  # no ANSI codes in Prefect; a tqdm bar only when it completes
+        if text.strip() and (not is_progress_bar(text) or progress_bar_done(text)):
+            log.info("[ray] %s", text)
 
     outcome = jobs.follow_job(client, d.submission_id, on_log=on_log,
                               on_progress=on_progress, read_progress=lambda: jobs.read_progress(spec))

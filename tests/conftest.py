@@ -3,8 +3,11 @@ stopped by PID; a tiny random Llama with a locally trained tokenizer."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # loopback-only test clusters; see lexforge/stack.py
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # Fake AWS credentials for the moto server (never real ones in tests).
@@ -23,9 +25,18 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
+from lexforge import ray_auth  # noqa: E402
 from lexforge.procs import bin_path, spawn, stop_group, wait_http  # noqa: E402
-from lexforge.stack import MLFLOW_SERVER_ENV  # noqa: E402
+from lexforge.stack import MLFLOW_SERVER_ENV, RAY_LOOPBACK_ENV  # noqa: E402
 from lexforge.testing import build_tiny_llama, free_port  # noqa: E402
+
+# Every Ray cluster of the test session runs with token authentication (as the embedded stack does): one
+# session token in a private 0600 file, passed by path; any inherited RAY_AUTH_MODE=disabled is overridden.
+_RAY_TOKEN_HOME = Path(tempfile.mkdtemp(prefix="lexforge-test-raytoken-"))
+atexit.register(shutil.rmtree, _RAY_TOKEN_HOME, True)
+RAY_TOKEN_FILE = ray_auth.ensure_token_file(_RAY_TOKEN_HOME)
+os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(RAY_TOKEN_FILE)})
+os.environ.pop("RAY_AUTH_TOKEN", None)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +133,8 @@ def prefect_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_head():
-    """A real Ray head (`ray start --head --block`) on free ports with the jobs API; yields (address, dashboard).
+    """A real Ray head (`ray start --head --block`) on free ports with the jobs API and token auth (the session
+    token); yields (address, dashboard).
 
     It gets its own short --temp-dir: Ray job supervisors resolve a driver's cluster from
     ``<temp dir>/ray_current_cluster``, and in the shared default /tmp/ray that is whichever cluster started last,
@@ -138,10 +150,12 @@ def ray_head():
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
         "--dashboard-agent-listen-port", str(agent), "--include-dashboard", "true", "--disable-usage-stats",
         "--num-cpus", "4", "--temp-dir", str(d / "t"),
-    ], log, env={"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
+    ], log, env={"RAY_USAGE_STATS_ENABLED": "0", **RAY_LOOPBACK_ENV, "RAY_AUTH_MODE": "token",
+                 "RAY_AUTH_TOKEN_PATH": str(RAY_TOKEN_FILE), "RAY_AUTH_TOKEN": None})
     dashboard = f"http://127.0.0.1:{dash}"
     try:
-        wait_http(f"{dashboard}/api/version", timeout=180, proc=proc, log_path=log)
+        wait_http(f"{dashboard}/api/version", timeout=180, proc=proc, log_path=log,
+                  headers=ray_auth.http_headers(dashboard))
         yield f"127.0.0.1:{gcs}", dashboard
     finally:
         stop_group(proc.pid)
@@ -154,7 +168,8 @@ def ray_local(lexforge_home):
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
+        with ray_auth.ray_init_env("local"):  # token auth and loopback, as lexforge's own ray.init calls do
+            ray.init(address="local", num_cpus=8, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 

@@ -172,7 +172,7 @@ def api_settings(prefect_server, lexforge_home, tmp_path_factory):
 
     d = tmp_path_factory.mktemp("api")
     return ApiSettings(
-        api_keys=(API_KEY, "sk-second-key"), store_root=str(d / "store"), db_path=d / "meta" / "api.db",
+        api_keys=(API_KEY, "sk-second-key-0123456789"), store_root=str(d / "store"), db_path=d / "meta" / "api.db",
         max_file_bytes=256 * 1024, prefect_api_url=prefect_server, deployment=f"{TEST_FLOW}/{TEST_DEPLOYMENT}",
         run_parameters={"deploy": False},
         serve_url="", poll_interval_s=1.0)
@@ -213,7 +213,7 @@ def test_requests_without_a_valid_key_are_refused(api, caplog):
     assert e.value.body["code"] == "invalid_api_key"
     r = httpx.get(f"{api.base_url}/files")
     assert r.status_code == 401 and set(r.json()["error"]) == {"message", "type", "param", "code"}
-    assert api.client("sk-second-key").files.list().object == "list"
+    assert api.client("sk-second-key-0123456789").files.list().object == "list"
     assert API_KEY not in caplog.text
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     home = tmp_path / "home"
     env = dict(os.environ)
-    env.update({**isolated_stack_env(home), "HF_HUB_OFFLINE": "1"})
+    env.update({**isolated_stack_env(home), "HF_HUB_OFFLINE": "1", "COLUMNS": "250"})
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("PREFECT_API_URL", None)
     env.pop("RAY_ADDRESS", None)
@@ -34,9 +35,24 @@ def test_demo_end_to_end(tmp_path):
         assert summary["promoted"] is True
         assert summary["answer"].strip()
         assert summary["endpoint"] == f"http://127.0.0.1:{serve_port}/v1"
-        # the key is referenced by file, never printed
+        # a first run that reads like a product: one line per step, no raw library logs, one summary table;
+        # every step's full output in a log file named on the terminal
+        out = r.stdout + r.stderr
+        assert "\x1b[" not in out, "raw ANSI codes on the terminal"
+        assert len(out.splitlines()) < 80, out[-6000:]
+        assert "lexforge demo" in r.stderr and "promotion" in r.stderr and "served answer" in r.stderr
+        logs = Path(summary["logs"])
+        assert str(logs) in out
+        for step in ("1-stack", "3-retrain", "4-serve"):
+            assert f"log: {logs / step}.log" in out
+        retrain_log = (logs / "3-retrain.log").read_text()
+        assert "[ray]" in retrain_log and "\x1b[" not in retrain_log
+        assert "Engine" not in out and "RayTrainWorker" not in out  # vLLM / Ray Train logs stay in the files
+        # the key and the Ray token are referenced by file, never printed
         key = (home / "demo_api_key").read_text().strip()
         assert key not in r.stdout and key not in r.stderr
+        token = (home / "stack" / "ray_auth_token").read_text().strip()
+        assert token not in out and summary["ray_token_file"] == str(home / "stack" / "ray_auth_token")
         assert oct((home / "demo_api_key").stat().st_mode & 0o777) == "0o600"
 
         # MLflow: the registered version is @champion and carries lineage tags

@@ -75,10 +75,6 @@ def docs_env(tmp_path):
         "DO_NOT_TRACK": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # Ray >= 2.5x turns on token auth for `ray start` once any local ray.init() has written ~/.ray/auth_token
-        # (other tests on this machine do), and the stack's health check then gets 401. Reported to the lead
-        # (lexforge/stack.py should pass this for the 127.0.0.1-only embedded head); remove once it does.
-        "RAY_AUTH_MODE": "disabled",
     }
     for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "LEXFORGE_RAY_DASHBOARD_URL"):
         env.pop(k, None)  # never talk to a stack the developer has running

@@ -286,6 +286,122 @@ def test_raycluster_gcs_fault_tolerance_uses_external_redis_with_secret(role):
             assert g["minReplicas"] == 0, "idle training GPU pools should scale to zero"
 
 
+# KubeRay v1.6.2 CRD (ray.io_rayclusters.yaml, also inlined in RayJob/RayService): spec.authOptions.
+AUTH_OPTIONS_SCHEMA = {"type": "object", "additionalProperties": False, "properties": {
+    "enableK8sTokenAuth": {"type": "boolean"}, "mode": {"type": "string", "enum": ["disabled", "token"]},
+    "secretName": {"type": "string"}}}
+RAY_TOKEN_SECRET = "lexforge-ray-token"
+
+
+def _all_containers(spec: dict):
+    """Every container (and init container) of every pod template of a RayClusterSpec."""
+    groups = [("headGroupSpec", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+    for name, g in groups:
+        pod = g["template"]["spec"]
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            yield f"{name}/{c['name']}", c
+
+
+@pytest.mark.parametrize("where,spec,role", _cluster_specs(), ids=lambda x: x if isinstance(x, str) and " " in x else "")
+def test_every_ray_cluster_requires_token_auth_from_a_secret(where, spec, role):
+    """Ray's control plane (GCS, raylets, workers, dashboard + Jobs API) runs code for whoever can call it:
+    every cluster has token auth on, the token from our Secret (KubeRay's authOptions), nothing turns it off."""
+    import jsonschema
+
+    auth = spec.get("authOptions")
+    assert auth, f"{where}: set authOptions (mode: token, secretName: {RAY_TOKEN_SECRET})"
+    jsonschema.validate(auth, AUTH_OPTIONS_SCHEMA)
+    assert auth.get("mode", "token") == "token" and auth.get("secretName") == RAY_TOKEN_SECRET, (where, auth)
+    assert not auth.get("enableK8sTokenAuth"), f"{where}: K8s-delegated auth is unsupported for RayJob/RayService"
+    major, minor = (int(x) for x in spec["rayVersion"].split(".")[:2])
+    assert (major, minor) >= (2, 52), f"{where}: Ray token auth needs rayVersion >= 2.52 (KubeRay refuses it)"
+    for cw, c in _all_containers(spec):
+        env = _env(c)
+        assert env.get("RAY_AUTH_MODE", {}).get("value", "token") == "token", f"{where} {cw}: RAY_AUTH_MODE off"
+        assert "value" not in env.get("RAY_AUTH_TOKEN", {}), f"{where} {cw}: the Ray token never inline"
+    head = spec["headGroupSpec"]
+    # the dashboard/Jobs API listens on the pod network (Prefect submits jobs), never beyond the cluster
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP", f"{where}: head service must stay ClusterIP"
+    assert not head.get("enableIngress"), f"{where}: no ingress for the Ray dashboard"
+
+
+def test_schema_check_of_auth_options_catches_mistakes():
+    import jsonschema
+
+    for bad in ({"mode": "Token"}, {"mode": "token", "secret": "x"}, {"mode": "token", "secretName": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, AUTH_OPTIONS_SCHEMA)
+
+
+def test_no_manifest_turns_ray_auth_off_and_ray_clients_get_the_token():
+    for p in [*KUBERAY_FILES, *(INFRA / "helm").glob("*.yaml")]:
+        text = p.read_text()
+        assert not re.search(r"RAY_AUTH_MODE[^\n]*disabled|mode:\s*disabled", text), f"{_rel(p)} disables Ray auth"
+    # the Prefect worker (and its flow-run pods) submit training through the Jobs API: they need the token
+    worker = yaml.safe_load((INFRA / "helm/prefect-worker-values.yaml").read_text())["worker"]
+    env = {e["name"]: e for e in worker["extraEnvVars"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": RAY_TOKEN_SECRET, "key": "auth_token"}
+    readme = (INFRA / "README.md").read_text()
+    assert f"`{RAY_TOKEN_SECRET}`" in readme and "auth_token" in readme
+
+
+HELM_SCHEMAS = ROOT / "tests" / "schemas" / "helm"
+
+
+def _helm_merge(defaults, ours):
+    """Helm's value merge: maps merge key by key, anything else (lists, scalars) is replaced."""
+    if isinstance(defaults, dict) and isinstance(ours, dict):
+        return {**defaults, **{k: _helm_merge(defaults.get(k), v) if k in defaults else v for k, v in ours.items()}}
+    return ours
+
+
+def _helm_validate(chart: str, values: dict) -> list[str]:
+    import jsonschema
+
+    schema = json.loads((HELM_SCHEMAS / f"{chart}.values.schema.json").read_text())
+    defaults = json.loads((HELM_SCHEMAS / f"{chart}.defaults.json").read_text())
+    v = jsonschema.Draft7Validator(schema)
+    return [f"{'.'.join(map(str, e.path))}: {e.message[:300]}" for e in v.iter_errors(_helm_merge(defaults, values))]
+
+
+@pytest.mark.parametrize("chart,mistake", [
+    ("mlflow", {"auth": {"enabeld": True}}),  # unknown key
+    ("prefect-server", {"server": {"basicAuth": {"enabled": "yes"}}}),  # wrong type
+    ("prefect-worker", {"worker": {"selfHostedServerApiConfig": {"basicAuth": {"enabled": "yes"}}}}),
+])
+def test_helm_values_validate_against_the_chart_schema(chart, mistake):
+    values = yaml.safe_load((INFRA / f"helm/{chart}-values.yaml").read_text())
+    assert _helm_validate(chart, values) == []
+    assert _helm_validate(chart, _helm_merge(values, mistake)), f"{chart}: the schema check accepts anything"
+
+
+def test_shared_platform_services_require_credentials_from_secrets():
+    mlflow = yaml.safe_load((INFRA / "helm/mlflow-values.yaml").read_text())
+    a = mlflow["auth"]
+    assert a["enabled"] is True and a["appName"] == "basic-auth", "MLflow's basic-auth app must be on"
+    assert a["existingAdminSecret"]["name"] and not a.get("adminPassword")
+    assert a["postgres"]["enabled"] is True and a["postgres"]["existingSecret"]["name"], \
+        "users live in PostgreSQL (one store for all replicas), its credentials in a Secret"
+    assert a["defaultPermission"] in ("READ", "NO_PERMISSIONS")
+    server = yaml.safe_load((INFRA / "helm/prefect-server-values.yaml").read_text())["server"]
+    assert server["basicAuth"]["enabled"] is True and server["basicAuth"]["existingSecret"]
+    worker = yaml.safe_load((INFRA / "helm/prefect-worker-values.yaml").read_text())["worker"]
+    wa = worker["selfHostedServerApiConfig"]["basicAuth"]
+    assert wa["enabled"] is True and wa["existingSecret"] == server["basicAuth"]["existingSecret"]
+    for values in (mlflow, {"service": server.get("service", {})}):
+        assert values.get("ingress", {}).get("enabled", False) is False
+    # every lexforge pod that talks to MLflow logs in with the lexforge user from a Secret
+    for where, spec, _ in _cluster_specs():
+        for cw, c in _all_containers(spec):
+            env = _env(c)
+            if "MLFLOW_TRACKING_URI" in env:
+                for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                    assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "lexforge-mlflow", (where, cw, var)
+    env = {e["name"]: e for e in worker["extraEnvVars"]}
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "lexforge-mlflow"
+
+
 def test_rayjob_runs_the_training_entrypoint_on_the_configmap_spec():
     job = _one("RayJob", "train")
     spec = job["spec"]

@@ -115,7 +115,7 @@ def test_models_lists_base_adapters_and_champion(client, server):
     models = {m.id: m for m in client.models.list().data}
     assert {"tiny-llama-hd32", "a1", "a2", "legal-champion"} <= set(models)
     champ = models["legal-champion"].model_dump()
-    assert champ["version"] == "1" and champ["root"] == str(server["adapters"]["a1"].resolve())
+    assert champ["version"] == "1" and "root" not in champ  # no paths to clients (tests/test_security.py)
     assert champ["parent"] == "tiny-llama-hd32"
 
 
@@ -329,7 +329,7 @@ def test_hot_champion_switch_under_load(server, client):
         switched_at = time.monotonic()
         assert r.status_code == 200, r.text
         assert {k: v for k, v in r.json().items() if k != "generation"} == {
-            "served_name": "legal-champion", "version": "2", "adapter_path": str(server["adapters"]["a2"].resolve()),
+            "served_name": "legal-champion", "version": "2",
             "previous_version": "1", "replicas_in_sync": True, "lagging_replicas": []}
         n_before = len(results)
         while len(results) < n_before + 12 and time.monotonic() < deadline + 60:

@@ -35,7 +35,8 @@ except ImportError:  # pragma: no cover - vllm builds without the error hierarch
     VLLMClientError = ValueError  # type: ignore[misc,assignment]
 from lexforge.serve.adapters import (AdapterError, AdapterRef, AdapterTable, Champion, check_adapter_dir,
                                      make_champion_source)
-from lexforge.serve.errors import APIError, bad_request, context_too_long, model_not_found, unauthorized
+from lexforge.serve.errors import (APIError, bad_request, context_too_long, model_not_found, redact_locations,
+                                   unauthorized)
 from lexforge.serve.metrics import CONTENT_TYPE, ServeMetrics
 from lexforge.serve.protocol import (AdapterRegistration, ChatCompletionRequest, CompletionRequest,
                                      LegalAnalyzeRequest, LegalChatRequest, ReloadChampionRequest, SamplingFields,
@@ -64,26 +65,13 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return bad_request(f"invalid request body: {msg}", param=param).response()
 
 
-def check_key(authorization: str | None, admin: bool) -> str:
-    """Fingerprint of the presented bearer key, or an OpenAI-shaped 401/403 APIError."""
-    token = auth.bearer_token(authorization)
-    allowed = (auth.REPLICA_KEYS["admin"] or auth.REPLICA_KEYS["api"]) if admin else auth.REPLICA_KEYS["api"]
-    matched = auth.match_key(token, allowed)
-    if matched is None:
-        if admin and auth.match_key(token, auth.REPLICA_KEYS["api"]):
-            raise APIError(403, "this API key may not use admin routes (admin keys: $LEXFORGE_ADMIN_API_KEYS)",
-                           "permission_error", None, "forbidden")
-        raise unauthorized()
-    return auth.fingerprint(matched)
-
-
 @api.middleware("http")
 async def _require_api_key(request: Request, call_next):
     """Every route except the health checks needs a key -- checked before the body is even parsed."""
     if request.url.path not in PUBLIC_PATHS:
         try:
-            request.state.key_fp = check_key(request.headers.get("authorization"),
-                                             admin=request.url.path.startswith("/admin/"))
+            request.state.key_fp = auth.check_key(request.headers.get("authorization"),
+                                                  admin=request.url.path.startswith("/admin/"))
         except APIError as e:
             return e.response()
     return await call_next(request)
@@ -137,6 +125,13 @@ def setup_replica_logging() -> None:
         lg.propagate = False
 
 
+def model_card(ref: AdapterRef, base_name: str, created: int) -> dict:
+    """What clients see of a served model: its id, version and parent (never a path or a registry URI)."""
+    return {"id": ref.name, "object": "model", "created": created, "owned_by": "lexforge",
+            "parent": None if ref.name == base_name else base_name, "version": ref.version,
+            "kind": "base" if ref.path is None else "lora"}
+
+
 def _same_model(a: str, b: str) -> bool:
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     if pa.exists() and pb.exists():
@@ -188,8 +183,7 @@ class LexforgeServer:
 
         setup_replica_logging()
         self.s = ServeSettings.model_validate(settings)
-        auth.REPLICA_KEYS["api"] = list(self.s.api_key_digests)
-        auth.REPLICA_KEYS["admin"] = list(self.s.admin_key_digests)
+        auth.set_replica_keys(self.s.api_key_digests, self.s.admin_key_digests)
         self.metrics = ServeMetrics()
         self.table = AdapterTable(self.s.base_name)
         self.champion_source = make_champion_source(self.s.champion)
@@ -478,12 +472,7 @@ class LexforgeServer:
         self._authorize(request)
         data = []
         for ref in self.table.refs():
-            data.append({
-                "id": ref.name, "object": "model", "created": self._created, "owned_by": "lexforge",
-                "root": ref.path or self.s.base_model,
-                "parent": None if ref.name == self.s.base_name else self.s.base_name,
-                "version": ref.version, "kind": "base" if ref.path is None else "lora", "source": ref.source,
-            })
+            data.append(model_card(ref, self.s.base_name, self._created))
         return JSONResponse({"object": "list", "data": data})
 
     async def _install_champion(self, champ: Champion, previous: AdapterRef | None = None) -> AdapterRef:
@@ -535,7 +524,7 @@ class LexforgeServer:
             log.info("reload-champion by key=%s: %s -> %s (generation %d, lagging replicas: %s)", fp,
                      previous.version if previous else None, ref.version, gen, lagging or "none")
             return JSONResponse({"served_name": self.s.served_name, "version": ref.version,
-                                 "adapter_path": ref.path, "previous_version": previous.version if previous else None,
+                                 "previous_version": previous.version if previous else None,
                                  "generation": gen, "replicas_in_sync": not lagging, "lagging_replicas": lagging},
                                 status_code=200 if not lagging else 504)
 
@@ -568,7 +557,7 @@ class LexforgeServer:
                 old = self.table.put(ref)
                 gen = await self._publish(ref)
             lagging = await self._wait_all_replicas(gen)
-            return JSONResponse({"name": ref.name, "version": ref.version, "path": ref.path,
+            return JSONResponse({"name": ref.name, "version": ref.version,
                                  "replaced_version": old.version if old else None, "replicas_in_sync": not lagging,
                                  "lagging_replicas": lagging}, status_code=200 if not lagging else 504)
 
@@ -589,9 +578,9 @@ class LexforgeServer:
     @api.get("/admin/adapters")
     async def list_adapters(self, request: Request) -> Response:
         self._authorize(request, admin=True)
-        return JSONResponse({"adapters": [{"name": r.name, "version": r.version, "path": r.path,
-                                           "lora_id": r.lora_id, "source": r.source} for r in self.table.refs()],
-                             "champion_error": self.champion_error, "generation": self.gen,
+        return JSONResponse({"adapters": [{**model_card(r, self.s.base_name, self._created), "source": r.source}
+                                          for r in self.table.refs()],
+                             "champion_error": redact_locations(self.champion_error), "generation": self.gen,
                              "replica": self.replica_id})
 
     @api.get("/metrics")
@@ -608,7 +597,7 @@ class LexforgeServer:
         champ = self.table.get(self.s.served_name)
         return JSONResponse({"status": "ok", "served_name": self.s.served_name,
                              "champion_version": champ.version if champ else None,
-                             "champion_error": self.champion_error, "generation": self.gen,
+                             "champion_loaded": self.champion_error is None, "generation": self.gen,
                              "replica": self.replica_id})
 
     async def check_health(self) -> None:  # Ray Serve's replica health check
@@ -667,8 +656,11 @@ def run_server(s: ServeSettings, host: str = "127.0.0.1", port: int = 8000, app_
     Blocks until the engine is up (the base model and adapters loaded)."""
     import ray
 
+    from lexforge import ray_auth
+
     if not ray.is_initialized():
-        ray.init(address=ray_address or "local", include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True)
+        with ray_auth.ray_init_env(ray_address or "local"):  # the cluster's token (lexforge/ray_auth.py)
+            ray.init(address=ray_address or "local", include_dashboard=False, log_to_driver=False,
+                     ignore_reinit_error=True)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(build_app(s), name=app_name, route_prefix="/", blocking=False)

@@ -46,6 +46,18 @@ def parse_champion(value: str, spec):
     raise typer.BadParameter(f"--champion {value!r}: use registry[:NAME], file:PATH, dir:PATH or none")
 
 
+def _stack_ray() -> str | None:
+    """The embedded stack's Ray address when its head is running (so `lexforge serve` after `lexforge up`
+    deploys onto it, and `lexforge down` stops the app with it)."""
+    try:
+        from lexforge import stack
+
+        cfg = stack.load_config()
+        return cfg.ray_address if stack.read_pid(cfg, "ray") else None
+    except Exception:
+        return None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve_cmd(
@@ -65,11 +77,13 @@ def register(app: typer.Typer) -> None:
         num_replicas: int = typer.Option(1, help="Engine replicas (one engine each)"),
         max_num_seqs: int = typer.Option(32, help="vLLM max concurrent sequences per replica"),
         detach: bool = typer.Option(False, help="Deploy and return (the app keeps running on the Ray cluster)"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Ray/vLLM logs on the terminal instead of "
+                                                                   "$LEXFORGE_HOME/logs/serve.log"),
     ) -> None:
         """Serve the base model, LoRA adapters by name and the @champion under spec.serve.served_name
         (OpenAI-compatible API on Ray Serve + vLLM)."""
         from lexforge.config import SpecError, load_spec, spec_from_dict
-        from lexforge.serve import auth
+        from lexforge import auth
         from lexforge.serve.settings import settings_from_spec
 
         try:
@@ -88,11 +102,25 @@ def register(app: typer.Typer) -> None:
         settings = settings_from_spec(spec, base_model=base, adapters=parse_adapters(adapter), champion=champ,
                                       api_key_digests=digests, admin_key_digests=admin, accelerator=accelerator,
                                       num_replicas=num_replicas, max_num_seqs=max_num_seqs)
+        address = ray_address or spec.resources.ray_address or os.environ.get("RAY_ADDRESS") or _stack_ray()
+        if detach and not address:
+            console.print("[red]--detach needs a Ray cluster that outlives this command: start the embedded stack "
+                          "(`lexforge up`) or pass --ray-address[/]")
+            raise typer.Exit(2)
+        from lexforge.config import lexforge_home
+        from lexforge.console import route_library_logs
+
+        log_file = None if verbose else route_library_logs(lexforge_home() / "logs" / "serve.log")
         from lexforge.serve.app import run_server
 
-        address = ray_address or spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
-        with console.status(f"starting vLLM on Ray Serve ({settings.base_model})"):
+        if log_file:
+            route_library_logs(log_file)  # again: importing Ray Serve installed its own terminal handlers
+        with console.status(f"starting vLLM on Ray Serve ({Path(settings.base_model).name}) on "
+                            f"{address or 'a local Ray'}"):
             run_server(settings, host=host, port=port, ray_address=address)
+        if log_file:
+            route_library_logs(log_file)
+            console.print(f"Ray / vLLM logs of this command: {log_file}")
         url = f"http://{host}:{port}"
         console.print(f"[green]serving[/] {url}/v1  models: {settings.base_name}, {settings.served_name}"
                       f"{', ' + ', '.join(settings.adapters) if settings.adapters else ''}  "

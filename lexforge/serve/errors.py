@@ -1,8 +1,26 @@
-"""Errors in the OpenAI shape: ``{"error": {"message", "type", "param", "code"}}`` with a matching status."""
+"""Errors in the OpenAI shape: ``{"error": {"message", "type", "param", "code"}}`` with a matching status.
+
+Messages reach clients with filesystem paths and internal URIs replaced (:func:`redact_locations`); the full
+message goes to the replica's log."""
 
 from __future__ import annotations
 
+import re
+
 from fastapi.responses import JSONResponse
+
+#: URIs (s3://, http://, file:, mlflow-artifacts:/, runs:/, models:/ ...) and absolute POSIX paths; the
+#: serving app's own routes (/v1/..., /admin/..., /health) are kept, they are what a client must call.
+_URI = re.compile(r"\b(?:[a-zA-Z][\w+.-]*://|(?:file|runs|models|mlflow-artifacts|dbfs):/?)[^\s'\"<>`]+")
+_PATH = re.compile(r"(?<![\w.:/~-])(?:~|\.{1,2})?/(?!v1/|admin/|health\b|-/)[^\s'\"<>`,;()]+")
+
+
+def redact_locations(text: str | None) -> str | None:
+    """``text`` with URIs replaced by ``<uri>`` and absolute paths by ``<path>/NAME`` (their last component)."""
+    if not text:
+        return text
+    text = _URI.sub("<uri>", text)
+    return _PATH.sub(lambda m: "<path>/" + m.group(0).rstrip("/.").rsplit("/", 1)[-1], text)
 
 
 class APIError(Exception):
@@ -12,7 +30,8 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": redact_locations(self.message), "type": self.type, "param": self.param,
+                          "code": self.code}}
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status)

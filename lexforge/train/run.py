@@ -152,14 +152,18 @@ def ensure_ray(spec: JobSpec) -> None:
 
     if ray.is_initialized():
         return
+    from lexforge import ray_auth
+
     address = spec.resources.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        with ray_auth.ray_init_env(address):  # Ray token auth (lexforge/ray_auth.py)
+            ray.init(address=address, log_to_driver=True)
         return
     r = spec.resources
     need = int(r.num_workers * r.cpus_per_worker + 0.999)
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
+    with ray_auth.ray_init_env("local"):  # token auth, loopback only
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
 
 
 # ---- progress -----------------------------------------------------------------------------------------------
