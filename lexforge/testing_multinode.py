@@ -7,6 +7,8 @@ local ranks from node addresses, so nodes must not share one), resources, temp d
 nodes but the store (S3). Losing a node is drilled for real: :meth:`LocalRayCluster.kill_node` SIGKILLs the
 node's raylet and every process of it and deletes its local disk; with a notice, its Ray Train workers get
 SIGTERM first and the node dies after the grace period (a cloud spot notice, a Kubernetes drain).
+Every node runs with the token authentication of the environment (``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN_PATH``), as
+the embedded stack does; the harness's own HTTP calls send the token (:mod:`lexforge.ray_auth`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lexforge import ray_auth
 from lexforge.procs import bin_path, spawn, stop_group
 from lexforge.testing import free_port
 
@@ -78,7 +81,8 @@ class LocalRayCluster:
         proc = spawn(cmd, log, env={**HEAD_ENV, **self.env, "LEXFORGE_NODE_LOCAL_DIR": str(local)})
         self.nodes["head"] = Node("head", proc, temp, local, log, head=True)
         self.gcs_address, self.dashboard_url = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
-        wait_http(f"{self.dashboard_url}/api/version", timeout=timeout, proc=proc, log_path=log)
+        wait_http(f"{self.dashboard_url}/api/version", timeout=timeout, proc=proc, log_path=log,
+                  headers=ray_auth.http_headers(self.dashboard_url))
 
     def add_node(self, name: str, num_cpus: int = 2, resources: dict[str, float] | None = None,
                  timeout: float = 120.0) -> Node:
@@ -106,8 +110,10 @@ class LocalRayCluster:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            req = urllib.request.Request(f"{self.dashboard_url}/nodes?view=summary",
+                                         headers=ray_auth.http_headers(self.dashboard_url))
             try:
-                with urllib.request.urlopen(f"{self.dashboard_url}/nodes?view=summary", timeout=5) as r:
+                with urllib.request.urlopen(req, timeout=5) as r:
                     summary = json.loads(r.read())["data"]["summary"]
                 if sum(1 for n in summary if n.get("raylet", {}).get("state") == "ALIVE") >= count:
                     return
