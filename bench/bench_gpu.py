@@ -166,8 +166,11 @@ def main() -> None:
         raise SystemExit("bench_gpu.py needs a CUDA GPU (use --smoke to check the script on CPU)")
     work = Path(tempfile.mkdtemp(prefix="lexforge-bench-gpu-"))
     os.environ.setdefault("LEXFORGE_HOME", str(work / "home"))
-    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), num_gpus=torch.cuda.device_count(),
-             include_dashboard=False, configure_logging=False)
+    from lexforge import ray_auth
+
+    with ray_auth.ray_init_env("local"):  # token auth and loopback, like lexforge's own clusters
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), num_gpus=torch.cuda.device_count(),
+                 include_dashboard=False, configure_logging=False)
     results: dict = {"environment": environment()}
     if "throughput" not in args.skip and not args.smoke:
         t = results["throughput"] = bench_throughput(work, args.throughput_steps, args.threads, device="cuda")

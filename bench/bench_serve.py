@@ -144,8 +144,11 @@ def lexforge_server(model: Path, args):
                            max_num_seqs=args.concurrency * 2, num_cpus=1)
     port = free_port()
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
+    from lexforge import ray_auth
+
+    with ray_auth.ray_init_env("local"):  # token auth and loopback, like lexforge's own clusters
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}})
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(s), name="lexforge", route_prefix="/", blocking=False)

@@ -259,7 +259,10 @@ def main() -> None:
     from lexforge.testing import build_tiny_llama
 
     model = build_tiny_llama(work / "model", hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4)
-    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, configure_logging=False)
+    from lexforge import ray_auth
+
+    with ray_auth.ray_init_env("local"):  # token auth and loopback, like lexforge's own clusters
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, configure_logging=False)
     results: dict = {"model": "tiny-llama h256 L4", "cpus": os.cpu_count()}
     if "throughput" not in args.skip:
         t = results["throughput"] = bench_throughput(work, args.throughput_steps, args.threads,

@@ -87,13 +87,18 @@ def run_preflight(spec, timeout_s: float = 600.0) -> PreflightReport:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     import ray
 
+    from lexforge import ray_auth
     from lexforge.config import load_spec
 
     args = list(sys.argv[1:] if argv is None else argv)
     spec = load_spec(args[0])
-    ray.init(log_to_driver=False)
+    address = os.environ.get("RAY_ADDRESS")  # set by the Ray job supervisor: the cluster this job runs on
+    with ray_auth.ray_init_env(address):
+        ray.init(address=address, log_to_driver=False)
     report = fan_out(spec)
     print(MARKER + json.dumps(report.to_dict()), flush=True)
     return 0 if report.ok else 1
