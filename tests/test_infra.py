@@ -266,6 +266,11 @@ def test_kuberay_pod_runtime_settings(where, tmpl, role):
     for m in mounts.values():
         assert m["name"] in volumes, f"{where}: volumeMount {m['name']} has no volume"
     assert pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: run as non-root"
+    if role == "train" and not where.endswith("headGroupSpec"):  # a lost node loses its disk: nothing shared
+        local = env.get("LEXFORGE_NODE_LOCAL_DIR", {}).get("value", "")
+        assert any(local.startswith(p) for p in mounts), f"{where}: LEXFORGE_NODE_LOCAL_DIR on a mounted local volume"
+        assert pod.get("terminationGracePeriodSeconds", 30) >= 120, \
+            f"{where}: a drain/spot notice needs ~2 min to commit the preemption checkpoint"
     if where.endswith("headGroupSpec"):
         # The autoscaler sidecar needs an API token even though the ServiceAccount does not mount one by default.
         assert pod.get("automountServiceAccountToken") is True, f"{where}: autoscaler needs the API token"
