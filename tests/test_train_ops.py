@@ -213,7 +213,7 @@ def test_dpo_lora_with_mlflow_tracking(tmp_path, tiny_model_dir, mlflow_server, 
 @pytest.mark.slow
 def test_grpo_lora_with_reference_overlap_reward(tmp_path, tiny_model_dir, ray_local):
     spec = make_spec("grpo-run", tiny_model_dir, tmp_path / "store", stage="grpo", steps=2, every=2,
-                     grpo_reward="reference_overlap", per_device_batch_size=1, gradient_accumulation_steps=1)
+                     grpo={"rewards": [{"name": "reference_overlap"}]}, per_device_batch_size=1, gradient_accumulation_steps=1)
     r = run_with_drill(spec, None)
     assert r.status == "completed" and r.steps == 2 and all(math.isfinite(v) for v in r.losses.values())
     assert (r.output_dir / "adapter_model.safetensors").is_file()

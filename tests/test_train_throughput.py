@@ -153,7 +153,7 @@ def in_process_losses(tmp_path, tiny, name, steps=4, **kw) -> tuple[list[float],
     spec = spec_from_dict(spec_dict(name, tiny, tmp_path / name, steps=steps, **kw))
     data = resolve_train_data(spec)
     trainer = Trainer({"spec": spec.model_dump(mode="json"), "data": data.to_dict(), "base_model": str(tiny),
-                       "lineage": build_lineage(spec, str(tiny), data)})
+                       "lineage": build_lineage(spec, str(tiny), data.digest, data.format)})
     out = [trainer.train_step(s) for s in range(steps)]
     return [loss for loss, _ in out], [stats for _, stats in out]
 

@@ -63,9 +63,9 @@ def training_fields(spec) -> dict[str, Any]:
     if spec.stage == "dpo":
         out["hyperparams.dpo_beta"] = h.dpo_beta
     if spec.stage == "grpo":
-        out.update({"hyperparams.grpo_num_generations": h.grpo_num_generations,
-                    "hyperparams.grpo_max_completion_len": h.grpo_max_completion_len,
-                    "hyperparams.grpo_reward": h.grpo_reward})
+        # every grpo: setting shapes the weights (rollouts, objective, rewards) except where rollouts run
+        g = spec.grpo.model_dump(mode="json", exclude={"rollout_engine", "vllm"})
+        out.update({f"grpo.{k}": v for k, v in g.items()})
     return out
 
 

@@ -133,9 +133,8 @@ class GRPORecipe:
         from lexforge.train.rewards import get_reward
 
         self.spec, self.tok, self.strategy, self.device = spec, tokenizer, strategy, device
-        hp = spec.hyperparams
-        self.G, self.max_new = hp.grpo_num_generations, hp.grpo_max_completion_len
-        self.reward = get_reward(hp.grpo_reward)
+        self.G, self.max_new = spec.grpo.num_generations, spec.grpo.max_completion_length
+        self.reward = get_reward(spec.grpo.rewards[0].name)
 
     def _generate(self, prompts: list[list[int]]) -> torch.Tensor:
         pad = self.tok.pad_token_id

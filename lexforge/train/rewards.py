@@ -78,3 +78,10 @@ def rubric_reward(completion: str, reference: str, rubric: Any = None) -> float:
 register_reward("exact_match", exact_match)
 register_reward("reference_overlap", reference_overlap)
 register_reward("rubric", rubric_reward)
+
+
+def check_reward_specs(specs) -> None:
+    """Fail when the spec is loaded on a reward name that is not registered."""
+    for i, r in enumerate(specs):
+        if r.name not in _REWARDS:
+            raise ValueError(f"grpo.rewards[{i}].name={r.name!r} is not a known reward; known: {sorted(_REWARDS)}")

@@ -88,8 +88,8 @@ def validate_for_launch(spec: JobSpec) -> None:
                          "use more workers instead")
     if spec.strategy == "fsdp" and spec.method == "qlora":
         raise SetupError("method=qlora with strategy=fsdp is not supported; use ddp or deepspeed-zero2")
-    if spec.stage == "grpo" and spec.hyperparams.per_device_batch_size * spec.hyperparams.grpo_num_generations > 256:
-        raise SetupError("per_device_batch_size * grpo_num_generations > 256 sequences per micro-batch; lower one")
+    if spec.stage == "grpo" and spec.hyperparams.per_device_batch_size * spec.grpo.num_generations > 256:
+        raise SetupError("per_device_batch_size * grpo.num_generations > 256 sequences per micro-batch; lower one")
 
 
 def check_resume(spec: JobSpec, records: RunRecords, lineage: Lineage) -> None:
