@@ -88,7 +88,9 @@ def summary_table(summary: dict):
     promoted = decision.get("promote", summary.get("promoted"))
     if promoted is not None:
         what = f"{summary.get('model', '')} v{summary.get('version', '?')}".strip()
-        verdict = "[green]promoted to @champion[/]" if promoted else "[yellow]not promoted[/] (champion kept)"
+        kept = ("champion kept" if decision.get("champion") else
+                "no champion yet: the served name keeps answering with the base model")
+        verdict = "[green]promoted to @champion[/]" if promoted else f"[yellow]not promoted[/] ({kept})"
         reasons = decision.get("reasons") or []
         t.add_row("promotion", f"{what}: {verdict}" + "".join(f"\n  {r}" for r in reasons[:4]))
     if summary.get("answer") is not None:
