@@ -15,6 +15,8 @@ from lexforge.train.rewards import text as _text  # noqa: F401  (registers the t
 from lexforge.train.rewards.citations import Citation, find_citations, load_index
 from lexforge.train.rewards.text import exact_match, reference_overlap, rubric_reward
 
+_REGISTERED = (_citations, _judge, _text)  # importing them registers their rewards
+
 __all__ = ["SKIP", "BatchFn", "Citation", "Fail", "RewardBatch", "RewardFailed", "RewardFn", "RewardSet",
            "build_rewards", "check_reward_specs", "exact_match", "find_citations", "get_reward", "known_rewards",
            "load_index", "reference_overlap", "register_batch_reward", "register_reward", "rubric_reward"]
