@@ -325,7 +325,7 @@ def test_llm_judge_reward_over_a_real_server_caches_and_reports_failures(tiny_mo
           "rubric": rubric}
     answers = ["Six years.", "Six years from accrual.", "Three years.", "No idea."]
     params = {"base_url": "http://127.0.0.1:1/v1", "model": "tiny-judge", "api_key_env": "REWARD_JUDGE_KEY",
-              "timeout_s": 30, "max_retries": 0, "concurrency": 2, "max_tokens": 8, "cache_dir": str(tmp_path / "c")}
+              "timeout_s": 30, "max_retries": 0, "concurrency": 2, "max_tokens": 16, "cache_dir": str(tmp_path / "c")}
     probe = build_rewards([{"name": "llm_judge", "params": params}]).terms[0].fn
     prompts = [probe.prompt(a, ex)[0] for a in answers + ["FAILME"]]
     judge_dir = teach_fixed_reply(tiny_model_dir, tmp_path / "judge", prompts, "SCORE: 2", lora=False, steps=40,
