@@ -8,7 +8,7 @@ Canonical rows (see docs/data.md):
   ``weight``, ``tool_calls``, ``tool_call_id``)
 - preference: ``{"prompt", "chosen", "rejected"}``, all strings or all message lists (TRL's format; OpenAI's DPO
   format ``{"input": {"messages"}, "preferred_output", "non_preferred_output"}`` is converted to it)
-- grpo: ``{"prompt", "reference"[, "rubric"]}`` (prompt a string or a message list)
+- grpo: ``{"prompt", "reference"[, "rubric", "context", "labels"]}`` (prompt a string or a message list)
 
 ``canonicalize(obj, fmt)`` returns ``(row, repairs)`` or raises :class:`RowDrop` with a reason from
 :data:`DROP_REASONS`.
@@ -213,6 +213,13 @@ def canonical_grpo(obj: dict) -> tuple[dict, set[str]]:
     row: dict[str, Any] = {"prompt": prompt, "reference": ref}
     if obj.get("rubric") is not None:
         row["rubric"] = msg.text(obj["rubric"], "rubric", repairs)
+    if obj.get("context") is not None:  # text the answer may cite (GRPO citation_accuracy)
+        row["context"] = msg.text(obj["context"], "context", repairs)
+    if obj.get("labels") is not None:  # the closed label set (GRPO exact_match / balanced_accuracy / format)
+        labels = obj["labels"]
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+            raise RowDrop("wrong_type", "labels must be a non-empty list of non-empty strings")
+        row["labels"] = [x.strip() for x in labels]
     return row, repairs
 
 

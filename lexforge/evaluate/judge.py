@@ -62,9 +62,10 @@ def parse_verdict(raw: str, lo: int, hi: int) -> Verdict:
     return Verdict(raw=raw, score=score, normalised=(score - lo) / (hi - lo), parsed=True)
 
 
-def build_judge_prompt(question: str, reference: str, rubric: str, answer: str) -> str:
+def build_judge_prompt(question: str, reference: str, rubric: str, answer: str, template: str = JUDGE_TEMPLATE) -> str:
+    """The judge's user message; ``template`` takes {question} {reference} {rubric} {answer} {lo} {hi}."""
     lo, hi = rubric_scale(rubric)
-    return JUDGE_TEMPLATE.format(question=question.strip(), reference=reference.strip(),
+    return template.format(question=question.strip(), reference=reference.strip(),
                                  rubric=(rubric or DEFAULT_RUBRIC).strip(), answer=answer.strip(), lo=lo, hi=hi)
 
 
@@ -91,12 +92,12 @@ class Judge:
     """Calls the judge model; deterministic settings (temperature 0)."""
 
     def __init__(self, judge_spec, served_name: str = "legal-champion", max_tokens: int = 256, concurrency: int = 4,
-                 timeout: float = 120.0):
+                 timeout: float = 120.0, max_retries: int = 2):
         from openai import OpenAI
 
         self.spec = resolve_judge(judge_spec, served_name)
         key = os.environ.get(self.spec.api_key_env) or "EMPTY"  # local servers accept any key
-        self.client = OpenAI(base_url=self.spec.base_url, api_key=key, timeout=timeout, max_retries=2)
+        self.client = OpenAI(base_url=self.spec.base_url, api_key=key, timeout=timeout, max_retries=max_retries)
         self.max_tokens = max_tokens
         self.concurrency = concurrency
 
@@ -118,7 +119,7 @@ class Judge:
         """``items``: dicts with question, reference, rubric, answer. Returns one verdict per item, in order."""
         prompts = [build_judge_prompt(i["question"], i["reference"], i.get("rubric", ""), i["answer"]) for i in items]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            answers = list(pool.map(self._answer, prompts))
+            answers = list(pool.map(self.ask, prompts))
         errors = [err for _, err in answers if err is not None]
         if items and len(errors) == len(items):  # connection / auth / model errors: say which endpoint, never the key
             hint = ("; start it with `lexforge serve` (or set eval.judge.base_url/model to another judge) and put "
@@ -134,7 +135,7 @@ class Judge:
             out.append(parse_verdict(raw, lo, hi))
         return out
 
-    def _answer(self, prompt: str) -> tuple[str, str | None]:
+    def ask(self, prompt: str) -> tuple[str, str | None]:
         """(reply, None), or ("", what went wrong) when the judge did not answer this item."""
         try:
             return self._one(prompt), None

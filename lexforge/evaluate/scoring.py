@@ -47,6 +47,18 @@ def extract_label(generation: str, labels: list[str]) -> str | None:
     return None
 
 
+def is_match(pred: str | None, gold: str) -> bool:
+    """The gate's verdict on one closed item: a label was extracted and it equals the gold answer (normalised)."""
+    return pred is not None and normalize(pred) == normalize(gold)
+
+
+def closed_item(generation: str, gold: str, labels: list[str]) -> tuple[str | None, bool]:
+    """(extracted label, correct) of one generation, exactly as the gate scores a closed item. The GRPO rewards
+    (:mod:`lexforge.train.rewards`) call this too, so training optimises the metric that promotes."""
+    pred = extract_label(generation, labels)
+    return pred, is_match(pred, gold)
+
+
 def balanced_accuracy(gold: list[str], pred: list[str | None]) -> float:
     """Mean per-class recall over the gold classes (sklearn's balanced_accuracy_score, no adjustment)."""
     if not gold:
@@ -54,15 +66,24 @@ def balanced_accuracy(gold: list[str], pred: list[str | None]) -> float:
     hits: dict[str, int] = defaultdict(int)
     totals = Counter(gold)
     for g, p in zip(gold, pred):
-        if p is not None and normalize(p) == normalize(g):
+        if is_match(p, g):
             hits[g] += 1
     return sum(hits[c] / n for c, n in totals.items()) / len(totals)
+
+
+def balanced_weights(gold: list[str]) -> list[float]:
+    """Per-item weights w_i = N / (K x n_c(i)) (N items, K gold classes, n_c items of class c), so that
+    mean(w_i x correct_i) == balanced_accuracy(gold, pred): the per-item form of the metric."""
+    if not gold:
+        raise ValueError("balanced_weights of an empty set")
+    totals = Counter(gold)
+    return [len(gold) / (len(totals) * totals[g]) for g in gold]
 
 
 def exact_match(gold: list[str], pred: list[str | None]) -> float:
     if not gold:
         raise ValueError("exact_match of an empty set")
-    return sum(p is not None and normalize(p) == normalize(g) for g, p in zip(gold, pred)) / len(gold)
+    return sum(is_match(p, g) for g, p in zip(gold, pred)) / len(gold)
 
 
 def _tokens(text: str) -> list[str]:

@@ -247,10 +247,20 @@ def tokenize_preference(row: dict, tokenizer, max_len: int) -> dict | None:
 
 
 def tokenize_grpo(row: dict, tokenizer, max_len: int) -> dict | None:
+    """A GRPO prompt: its token ids plus what the rewards read (:mod:`lexforge.train.rewards`): the reference,
+    the rubric, the prompt as text (the judge's question, citations' context), and the row's optional
+    ``context`` (text the answer may cite) and ``labels`` (the closed label set of exact_match et al.)."""
     p = _prompt_ids(row["prompt"], tokenizer)
     if len(p) >= max_len:
         return None
-    return {"prompt_ids": p, "reference": str(row["reference"]), "rubric": row.get("rubric")}
+    prompt = row["prompt"]
+    text = prompt if not isinstance(prompt, list) else "\n\n".join(
+        str(m.get("content", "")) for m in prompt if m.get("role") in ("system", "user"))
+    ex = {"prompt_ids": p, "reference": str(row["reference"]), "rubric": row.get("rubric"), "prompt_text": str(text)}
+    for k in ("context", "labels"):
+        if row.get(k) is not None:
+            ex[k] = row[k]
+    return ex
 
 
 TOKENIZERS = {"chat": tokenize_chat, "preference": tokenize_preference, "grpo": tokenize_grpo}
