@@ -1,4 +1,4 @@
-"""The GRPO objective (lexforge.train.grpo.objective) against TRL 1.16's own GRPOTrainer._compute_loss, called on
+"""GRPO pieces without Ray. The objective (lexforge.train.grpo.objective) against TRL 1.16's own GRPOTrainer._compute_loss, called on
 fixed log-probs, advantages and masks for every loss normalisation, with and without the KL term, on-policy
 (num_iterations=1) and off-policy (old log-probs from an earlier policy: ratios != 1, clipping active)."""
 
@@ -126,3 +126,59 @@ def test_advantages_match_trl(scale):
     assert got[6] == 0 and got[9] == 0 and got[10] == 0  # unscorable: no signal
     assert torch.count_nonzero(got[3:6]) == 0  # equal rewards in a group: no signal
     assert torch.count_nonzero(got[:3]) == 2 and (got[0] > 0 > got[1])
+
+
+# ---- rollouts (lexforge.train.grpo.rollout) and the spec ----------------------------------------------------
+
+
+def test_completions_stop_at_the_first_stop_token():
+    from lexforge.train.grpo.rollout import cut_at_stop
+
+    assert cut_at_stop([5, 6, 2, 7, 2], {2}, 8) == ([5, 6, 2], False)
+    assert cut_at_stop([5, 6, 7, 8], {2, 9}, 4) == ([5, 6, 7, 8], True)
+    assert cut_at_stop([5, 6, 7, 9, 2], {2, 9}, 3) == ([5, 6, 7], True)  # EOS past max_tokens does not count
+
+
+def test_rollout_seeds_are_a_pure_function_of_seed_batch_and_rank():
+    from lexforge.train.grpo.recipe import rollout_seed
+
+    assert rollout_seed(42, 3, 1) == rollout_seed(42, 3, 1)
+    assert len({rollout_seed(s, b, r) for s in (0, 42) for b in range(4) for r in range(2)}) == 16
+
+
+def test_hf_rollouts_are_reproducible_and_leave_the_training_rng_alone(tiny_model_dir):
+    from lexforge.config import spec_from_dict
+    from lexforge.train.grpo.rollout import build_rollout_engine, stop_token_ids
+    from lexforge.train.model import build_policy, build_tokenizer
+    from lexforge.train.strategy import build_strategy
+
+    spec = spec_from_dict({"name": "r", "model": {"base": str(tiny_model_dir)}, "stage": "grpo",
+                           "data": {"train": "x.jsonl"}, "grpo": {"num_generations": 3}})
+    tok = build_tokenizer(spec, str(tiny_model_dir))
+    cpu = torch.device("cpu")
+    strategy = build_strategy(spec, cpu, "fp32", 0, 1)
+    strategy.wrap(build_policy(spec, str(tiny_model_dir), "fp32", "sdpa", cpu))
+    engine = build_rollout_engine(spec, tok, strategy, cpu, 0, 1)
+    prompts = [[1, 5, 9, 13], [1, 7, 7]]
+    kw = dict(n=3, max_tokens=12, temperature=0.8, top_p=0.95)
+    before = torch.get_rng_state()
+    a, b, c = engine.generate(prompts, seed=7, **kw), engine.generate(prompts, seed=7, **kw), \
+        engine.generate(prompts, seed=8, **kw)
+    assert torch.equal(torch.get_rng_state(), before)  # sampling ran under a forked RNG
+    assert a == b and a.completion_ids != c.completion_ids
+    assert a.prompt_ids == [prompts[0]] * 3 + [prompts[1]] * 3
+    stop = set(stop_token_ids(tok, strategy.unwrapped()))
+    for comp, trunc in zip(a.completion_ids, a.truncated):
+        assert 1 <= len(comp) <= 12 and not (set(comp[:-1]) & stop)
+        assert trunc == (comp[-1] not in stop) and (not trunc or len(comp) == 12)
+    assert strategy.unwrapped().training  # generation switched to eval and back
+
+
+def test_reused_rollouts_cannot_resume_on_fewer_workers():
+    from lexforge.config import spec_from_dict
+
+    base = {"name": "r", "stage": "grpo", "data": {"train": "x.jsonl"},
+            "resources": {"num_workers": 2, "min_workers": 1}}
+    spec_from_dict({**base, "grpo": {"num_iterations": 1}})
+    with pytest.raises(ValueError, match="grpo.num_iterations"):
+        spec_from_dict({**base, "grpo": {"num_iterations": 2}})
