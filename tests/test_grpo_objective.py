@@ -1,6 +1,7 @@
-"""GRPO pieces without Ray. The objective (lexforge.train.grpo.objective) against TRL 1.16's own GRPOTrainer._compute_loss, called on
-fixed log-probs, advantages and masks for every loss normalisation, with and without the KL term, on-policy
-(num_iterations=1) and off-policy (old log-probs from an earlier policy: ratios != 1, clipping active)."""
+"""GRPO pieces without Ray. The objective (lexforge.train.grpo.objective) against TRL 1.16's own
+GRPOTrainer._compute_loss, called on fixed log-probs, advantages and masks for every loss normalisation, with and
+without the KL term, on-policy (num_iterations=1) and off-policy (old log-probs from an earlier policy: ratios != 1,
+clipping active); the advantages against TRL's; HF rollouts (EOS, seeds, RNG isolation)."""
 
 from __future__ import annotations
 
