@@ -385,6 +385,11 @@ class JobSpec(_Strict):
         g = self.grpo
         if g.epsilon_high is not None and g.epsilon_high < g.epsilon:
             raise ValueError(f"grpo.epsilon_high={g.epsilon_high} is below grpo.epsilon={g.epsilon}")
+        r = self.resources
+        if g.num_iterations > 1 and r.min_workers is not None and r.min_workers < r.num_workers:
+            raise ValueError("grpo.num_iterations > 1 keeps each worker's rollouts (and old log-probs) across steps, "
+                             "which a resume on fewer workers cannot split; set resources.min_workers = num_workers "
+                             "or grpo.num_iterations = 1")
         if g.vllm.colocate and not self.resources.use_gpu:
             raise ValueError("grpo.vllm.colocate shares the training GPU; it needs resources.gpus_per_worker > 0")
         return self

@@ -102,6 +102,11 @@ def test_training_fields_are_the_documented_list():
         "global_batch", "hyperparams.seed", "hyperparams.precision", "data.max_seq_len", "data.seed",
         "lora.r", "lora.alpha", "lora.dropout", "lora.target_modules"}
     assert "hyperparams.dpo_beta" in training_fields(_spec(stage="dpo"))
+    grpo = {k for k in training_fields(_spec(stage="grpo")) if k.startswith("grpo.")}
+    assert grpo == {f"grpo.{k}" for k in (
+        "num_generations", "max_completion_length", "temperature", "top_p", "num_iterations", "epsilon",
+        "epsilon_high", "beta", "loss_type", "scale_rewards", "mask_truncated_completions", "rewards")}
+    assert not any(k.startswith("grpo.") for k in training_fields(_spec(stage="dpo")))  # grpo.* only for stage=grpo
     assert not any(k.startswith("lora.") for k in training_fields(_spec(method="full")))
 
 

@@ -1,5 +1,5 @@
 """Operational behaviour of training on real Ray: SIGTERM to a worker or to the driver, SIGKILL of a worker,
-S3 checkpoints (moto server), MLflow tracking (real server), DPO and GRPO recipes."""
+S3 checkpoints (moto server), MLflow tracking (real server), the DPO recipe (GRPO: tests/test_grpo.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import sys
 import threading
 
 import pytest
-import yaml
 
 from lexforge.testing import ray_train_worker_processes, train_in_thread
 from tests.test_train import assert_same_trajectory, make_spec, run_with_drill, straight_run
@@ -208,16 +207,6 @@ def test_dpo_lora_with_mlflow_tracking(tmp_path, tiny_model_dir, mlflow_server, 
     assert "output/adapter_config.json" in arts and "output/lineage.json" in arts
     blob = json.dumps({"p": run.data.params, "t": run.data.tags})
     assert "sk-super-secret-value" not in blob
-
-
-@pytest.mark.slow
-def test_grpo_lora_with_reference_overlap_reward(tmp_path, tiny_model_dir, ray_local):
-    spec = make_spec("grpo-run", tiny_model_dir, tmp_path / "store", stage="grpo", steps=2, every=2,
-                     grpo={"rewards": [{"name": "reference_overlap"}]}, per_device_batch_size=1, gradient_accumulation_steps=1)
-    r = run_with_drill(spec, None)
-    assert r.status == "completed" and r.steps == 2 and all(math.isfinite(v) for v in r.losses.values())
-    assert (r.output_dir / "adapter_model.safetensors").is_file()
-    assert yaml.safe_load(json.dumps(r.lineage))["stage"] == "grpo"
 
 
 def test_entrypoint_rejects_bad_spec_with_exit_2(tmp_path):

@@ -5,7 +5,8 @@ Inside a checkpoint folder (its key is :meth:`lexforge.storage.layout.RunLayout.
 
     dcp/...                 DDP/FSDP: torch.distributed.checkpoint shards (one file per rank) + .metadata
     deepspeed/...           ZeRO-2/3: DeepSpeed's own per-rank model/optimizer shards
-    rank_00000.pt ...       per-rank trainer state: LR scheduler, RNG states, data position
+    rank_00000.pt ...       per-rank trainer state: LR scheduler, RNG states, data position, and the recipe's
+                            state when it has one (GRPO: the rollout buffer of the current cycle)
     manifest.json           written LAST by rank 0 after every rank finished: the commit marker
 
 A checkpoint without a readable manifest (or with a listed file missing / of the wrong size) does not exist as
@@ -74,8 +75,10 @@ class CheckpointManager:
     def __init__(self, spec, store, strategy, scheduler, *, rank: int, world_size: int, local_rank: int,
                  lineage: Lineage, data_position: Callable[[int], dict], total_steps: int,
                  local_root: Path | None = None,
-                 preemption=None, on_event: Callable[[dict], None] | None = None, epoch: int = 0):
+                 preemption=None, on_event: Callable[[dict], None] | None = None, epoch: int = 0, recipe=None):
         self.spec, self.store, self.strategy, self.scheduler = spec, store, strategy, scheduler
+        # a recipe with state_dict/load_state_dict keeps per-rank state in rank_XXXXX.pt
+        self.recipe = recipe if hasattr(recipe, "state_dict") else None
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.lineage, self.data_position, self.total_steps = lineage, data_position, total_steps
         self.epoch = epoch
@@ -162,6 +165,8 @@ class CheckpointManager:
         extra = torch.load(extra_path, weights_only=False)
         self.scheduler.load_state_dict(extra["scheduler"])
         set_rng_state(extra["rng"])
+        if self.recipe is not None and "recipe" in extra:
+            self.recipe.load_state_dict(extra["recipe"])
         self._last_saved_step = step
         self._last_save_time = time.monotonic()
         self.resumed_from = step
@@ -231,6 +236,8 @@ class CheckpointManager:
         local.mkdir(parents=True, exist_ok=True)
         extra = {"scheduler": self.scheduler.state_dict(), "rng": rng_state(), "step": step,
                  "data_position": self.data_position(step)}
+        if self.recipe is not None:
+            extra["recipe"] = self.recipe.state_dict()
         torch.save(extra, local / f"rank_{self.rank:05d}.pt")
         if self.strategy.name.startswith("deepspeed"):
             fut = self.strategy.save(local, async_save=False)

@@ -125,7 +125,10 @@ class Trainer:
         hp = spec.hyperparams
         # the spec's global batch on however many workers this attempt got (elastic resume: more accumulation)
         self.plan = build_batch_plan(self.examples, hp, ctx.world_size, spec.grad_accum_for(ctx.world_size))
-        self.total_steps = self.plan.total_steps(hp.epochs, hp.max_steps)
+        # GRPO trains grpo.num_iterations optimizer steps on each batch of prompts (TRL's repeat sampler): step s
+        # reads the plan's batch s // rollout_reuse, and an epoch is rollout_reuse times as many steps.
+        self.rollout_reuse = spec.grpo.num_iterations if spec.stage == "grpo" else 1
+        self.total_steps = hp.max_steps or self.plan.total_steps(hp.epochs, None) * self.rollout_reuse
         torch.manual_seed(hp.seed)  # identical initial weights on every rank (FSDP/ZeRO shard from them)
         model = build_policy(spec, base, precision, attn, ctx.device)
         self.strategy = build_strategy(spec, ctx.device, precision, ctx.rank, ctx.world_size)
@@ -133,7 +136,7 @@ class Trainer:
         self.strategy.unwrapped().train()
         self.scheduler = build_scheduler(spec, self.strategy.optimizer, self.total_steps)
         reference = None
-        if spec.stage == "dpo" and spec.method == "full":
+        if spec.method == "full" and (spec.stage == "dpo" or (spec.stage == "grpo" and spec.grpo.beta > 0)):
             reference = build_reference(spec, base, precision, attn, ctx.device)
         self.recipe = build_recipe(spec, self.tokenizer, self.strategy, ctx.device, reference)
         self.metrics = MetricLogger(config.get("mlflow_uri"), config.get("mlflow_run_id")) if ctx.rank == 0 \
@@ -141,12 +144,18 @@ class Trainer:
         self.preemption = PreemptionWatcher(self.records, ctx.rank)
         self.ckpt = CheckpointManager(spec, self.store, self.strategy, self.scheduler, rank=ctx.rank,
                                       world_size=ctx.world_size, local_rank=ctx.local_rank, lineage=self.lineage,
-                                      data_position=self.plan.position, total_steps=self.total_steps,
+                                      data_position=self.data_position, total_steps=self.total_steps,
                                       preemption=self.preemption, epoch=int(config.get("epoch", 0)),
-                                      on_event=self.metrics.event)
+                                      on_event=self.metrics.event, recipe=self.recipe)
         self.metrics_pg = dist.new_group(backend="gloo") if dist.is_initialized() else None
         self.prom = TrainMetrics(spec.name, ctx.rank)
         self.reporter = Reporter(self.records, self.total_steps, ctx.rank, self.metrics, hp.log_every_n_steps)
+
+    def data_position(self, step: int) -> dict:
+        """Where the data stream stands after ``step`` steps (GRPO: the prompt batches whose rollouts began)."""
+        if self.rollout_reuse == 1:
+            return self.plan.position(step)
+        return {**self.plan.position(-(-step // self.rollout_reuse)), "step": step}
 
     def _global_mean(self, values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64)
@@ -156,13 +165,17 @@ class Trainer:
         return t.tolist()
 
     def train_step(self, step: int) -> tuple[float, dict]:
-        micro = self.plan.micro_batches(step, self.ctx.rank)  # the same count on every rank
+        batch = step // self.rollout_reuse
+        micro = self.plan.micro_batches(batch, self.ctx.rank)  # the same count on every rank
         world = self.ctx.world_size
         summed = getattr(self.recipe, "loss_reduction", "mean") == "sum"
         # Summed losses are divided by the step's total weight (trained tokens / pairs over all micro-batches and
-        # ranks, known from the plan). strategy.backward divides by gradient_accumulation_steps and DDP/FSDP/ZeRO
-        # average gradients over ranks, so both are multiplied back in: the gradient is d(sum / weight).
-        weight = self.plan.step_weight(step) if summed else len(micro)
+        # ranks, known from the plan; a recipe with begin_step, GRPO, returns its own). strategy.backward divides
+        # by gradient_accumulation_steps and DDP/FSDP/ZeRO average gradients over ranks, so both are multiplied
+        # back in: the gradient is d(sum / weight).
+        weight = self.plan.step_weight(batch) if summed else len(micro)
+        if hasattr(self.recipe, "begin_step"):  # GRPO: rollouts, rewards, advantages for the step
+            weight = self.recipe.begin_step(step, [[self.examples[i] for i in idx] for idx in micro])
         scale = self.strategy.grad_accum * world / weight if summed else self.strategy.grad_accum / len(micro)
         loss_sum, tokens, computed, extra = 0.0, 0, 0, {}
         for m, idx in enumerate(micro):
@@ -186,6 +199,8 @@ class Trainer:
         stats = {"lr": lr, "grad_norm": grad_norm, "tokens": tokens_mean * world,
                  "padding_share": 1.0 - tokens_mean / computed_mean if computed_mean else 0.0,
                  **dict(zip(keys, vals[3:]))}
+        if hasattr(self.recipe, "end_step"):  # metrics the recipe reduces over ranks itself
+            stats.update(self.recipe.end_step())
         return loss, stats
 
     def run(self) -> RunResult:
@@ -230,6 +245,8 @@ class Trainer:
             self.ckpt.save(step, final=True, metrics={"loss": loss} if loss is not None else None,
                            trained_tokens=trained_tokens)
         self.ckpt.close()
+        if hasattr(self.recipe, "close"):
+            self.recipe.close()
         workers = [self.ctx.describe()]
         if self.metrics_pg is not None:  # where every rank ran (ranks, node ranks, local ranks)
             workers = [None] * self.ctx.world_size
