@@ -108,3 +108,24 @@ def test_vllm_rollout_eos_seed_and_adapter_sync(ray_local, serve_base):
         assert exact >= 6, f"only {exact} of 8 greedy completions equal HF's"
     finally:
         ro.close()
+
+
+def test_engine_split_and_setup_checks(tmp_path):
+    from lexforge.train.grpo.rollout_vllm import _split, check_vllm_rollout, engine_kwargs
+
+    assert _split(list(range(7)), 3) == [(0, 3), (3, 5), (5, 7)]
+    assert _split([1], 4) == [(0, 1)]  # engines without prompts get no call
+    spec = _spec(tmp_path)
+    kw = engine_kwargs(spec, "/m", gpu=False)
+    assert (kw["dtype"], kw["max_model_len"], kw["enable_lora"], kw["max_lora_rank"]) == ("float32", 320, True, 8)
+    spec.lora.r = 12
+    spec.grpo.vllm.max_model_len = None
+    kw = engine_kwargs(spec, "/m", gpu=True)
+    assert kw["max_lora_rank"] == 16 and kw["max_model_len"] == 256 + 48 and "enable_sleep_mode" not in kw
+    spec.method = "full"
+    assert "enable_lora" not in engine_kwargs(spec, "/m", gpu=False)
+    check_vllm_rollout(spec, "cpu")
+    with pytest.raises(ValueError, match="gpus_per_engine=0 runs the engines on CPU while training on CUDA"):
+        check_vllm_rollout(spec, "cuda")
+    spec.grpo.vllm.gpus_per_engine = 1
+    check_vllm_rollout(spec, "cuda")
