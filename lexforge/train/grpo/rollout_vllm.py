@@ -8,7 +8,8 @@
   at the tokenizer's EOS (kept as the completion's last token) or at ``max_tokens`` (``truncated``).
 * :meth:`VLLMRollout.sync_weights` pushes the current policy through the Ray object store (never a shared path,
   so an engine on another node gets it): LoRA/QLoRA -> the PEFT adapter files, served as a new ``LoRARequest``
-  id; full -> the state dict, loaded by a worker extension that calls the vLLM model's ``load_weights``.
+  id; full -> the state dict (safetensors bytes), written to the engine's node and loaded by a worker
+  extension through vLLM's in-place ``reload_weights``.
 * ``colocate`` (CUDA only): the engine shares the training GPU; it sleeps (level 1: weights offloaded, KV cache
   freed) outside rollout phases and wakes for :meth:`generate`.
 """
@@ -88,10 +89,16 @@ def actor_env(cpu: bool) -> dict[str, str]:
 class WeightSyncExtension:
     """Mixed into each vLLM worker (``worker_extension_cls``): full-weight sync via ``collective_rpc``."""
 
-    def lexforge_load_weights(self, named_tensors) -> int:
-        model = self.model_runner.model
-        model.load_weights(weights=list(named_tensors))
-        return len(named_tensors)
+    def lexforge_load_weights(self, path: str) -> int:
+        """Load the safetensors file ``path`` (written by the engine actor on this node) into the model."""
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt", device="cpu") as f:
+            names = list(f.keys())
+            # vLLM 0.32's in-place reload: checkpoint-format tensors, re-processed into kernel format (CPU repacks)
+            self.model_runner.reload_weights(weights_iterator=((k, f.get_tensor(k)) for k in names),
+                                             is_checkpoint_format=True)
+        return len(names)
 
 
 class VLLMEngineActor:
@@ -105,6 +112,7 @@ class VLLMEngineActor:
         self.eos = eos_token_id
         self.llm = LLM(logging_config=host_logging_config(), **kwargs)
         self.lora = None  # current LoRARequest
+        self.lora_ids = 0  # every pushed adapter gets a new id (a re-pushed version is never mistaken as loaded)
         self.version = -1
         self.adapter_dir = Path(tempfile.mkdtemp(prefix="lexforge-grpo-adapter-"))
         self.asleep = False
@@ -131,12 +139,13 @@ class VLLMEngineActor:
     def set_adapter(self, version: int, files: dict[str, bytes]) -> int:
         from vllm.lora.request import LoRARequest
 
-        d = self.adapter_dir / f"v{version}"
+        d = self.adapter_dir / f"a{self.lora_ids + 1}"
         d.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             (d / name).write_bytes(data)
         old = self.lora
-        self.lora = LoRARequest(lora_name=f"policy-v{version}", lora_int_id=version + 1, lora_path=str(d))
+        self.lora_ids += 1
+        self.lora = LoRARequest(lora_name=f"policy-{self.lora_ids}", lora_int_id=self.lora_ids, lora_path=str(d))
         if not self.llm.llm_engine.add_lora(self.lora):
             raise RuntimeError(f"vLLM refused the policy adapter of version {version}")
         if old is not None:
@@ -147,8 +156,13 @@ class VLLMEngineActor:
         self.version = version
         return version
 
-    def load_weights(self, version: int, named_tensors) -> int:
-        self.llm.collective_rpc("lexforge_load_weights", args=(named_tensors,))
+    def load_weights(self, version: int, blob: bytes) -> int:
+        path = self.adapter_dir / "policy.safetensors"  # this node's disk: the engine's workers read it
+        path.write_bytes(blob)
+        try:
+            self.llm.collective_rpc("lexforge_load_weights", args=(str(path),))
+        finally:
+            path.unlink(missing_ok=True)
         self.llm.reset_prefix_cache()
         self.version = version
         return version
@@ -249,7 +263,7 @@ class VLLMRollout:
                 ref = ray.put(_adapter_files(self.strategy.unwrapped(), sd))
                 ray.get([a.set_adapter.remote(step, ref) for a in self.actors])
             else:
-                ref = ray.put(_hf_named_tensors(self.strategy.unwrapped(), sd))
+                ref = ray.put(_hf_weights_blob(self.strategy.unwrapped(), sd))
                 ray.get([a.load_weights.remote(step, ref) for a in self.actors])
             if self.colocate:
                 self._sleep()
@@ -327,12 +341,14 @@ def _adapter_files(model, state_dict: dict | None) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
 
 
-def _hf_named_tensors(model, state_dict: dict | None) -> list[tuple[str, object]]:
-    """(HF name, CPU tensor) of the full policy, for the vLLM model's ``load_weights``."""
+def _hf_weights_blob(model, state_dict: dict | None) -> bytes:
+    """The full policy as safetensors bytes (HF names), for vLLM's ``reload_weights``."""
+    from safetensors.torch import save
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     sd = state_dict if state_dict is not None else base.state_dict()
-    out = []
+    out = {}
     for k, t in sd.items():
         k = k.removeprefix("module.").removeprefix("_orig_mod.").replace("._checkpoint_wrapped_module", "")
-        out.append((k, t.detach().to("cpu").contiguous()))
-    return out
+        out[k] = t.detach().to("cpu").contiguous().clone()  # clone: tied weights share storage
+    return save(out)
