@@ -5,7 +5,8 @@
 * Prompts are token ids (already chat-templated by :func:`lexforge.train.data.tokenize_grpo`, the template
   serving uses) sent as vLLM ``TokensPrompt``; every prompt gets its own ``SamplingParams(seed=...)``, so the
   same (seed, prompts) regenerate the same rollouts after a resume, whatever the engine split. Generation stops
-  at the tokenizer's EOS (kept as the completion's last token) or at ``max_tokens`` (``truncated``).
+  at EOS (the tokenizer's and the generation config's, as :func:`stop_token_ids`; kept as the
+  completion's last token) or at ``max_tokens`` (``truncated``).
 * :meth:`VLLMRollout.sync_weights` pushes the current policy through the Ray object store (never a shared path,
   so an engine on another node gets it): LoRA/QLoRA -> the PEFT adapter files, served as a new ``LoRARequest``
   id; full -> the state dict (safetensors bytes), written to the engine's node and loaded by a worker
@@ -21,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-try:  # core's protocol; identical fallback until it lands
-    from lexforge.train.grpo.rollout import Rollouts
+try:  # the rollout protocol; an identical fallback until lexforge/train/grpo/rollout.py is merged
+    from lexforge.train.grpo.rollout import Rollouts, stop_token_ids
 except ImportError:  # pragma: no cover - removed once lexforge/train/grpo/rollout.py exists
     from dataclasses import dataclass
 
@@ -31,6 +32,12 @@ except ImportError:  # pragma: no cover - removed once lexforge/train/grpo/rollo
         prompt_ids: list[list[int]]
         completion_ids: list[list[int]]
         truncated: list[bool]
+
+    def stop_token_ids(tokenizer, model=None) -> list[int]:
+        ids = [tokenizer.eos_token_id]
+        extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ids += extra if isinstance(extra, list) else [extra]
+        return sorted({i for i in ids if i is not None})
 
 NAMESPACE = "lexforge"
 ACTOR_LOOKUP_TIMEOUT_S = float(os.environ.get("LEXFORGE_VLLM_ACTOR_TIMEOUT_S", "900"))
@@ -104,12 +111,12 @@ class WeightSyncExtension:
 class VLLMEngineActor:
     """One vLLM engine in a Ray actor (created through :func:`_actor_class`)."""
 
-    def __init__(self, kwargs: dict, eos_token_id: int):
+    def __init__(self, kwargs: dict, stop_ids: list[int]):
         from vllm import LLM
 
         from lexforge.vllm_settings import host_logging_config
 
-        self.eos = eos_token_id
+        self.stop = list(stop_ids)
         self.llm = LLM(logging_config=host_logging_config(), **kwargs)
         self.lora = None  # current LoRARequest
         self.lora_ids = 0  # every pushed adapter gets a new id (a re-pushed version is never mistaken as loaded)
@@ -126,7 +133,7 @@ class VLLMEngineActor:
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=s,
-                                 stop_token_ids=[self.eos], logprobs=0 if logprobs else None) for s in seeds]
+                                 stop_token_ids=self.stop, logprobs=0 if logprobs else None) for s in seeds]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                  use_tqdm=False, lora_request=self.lora)
         res = []
@@ -221,7 +228,7 @@ class VLLMRollout:
                 env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
             self.actors = [cls.options(name=n, namespace=NAMESPACE, get_if_exists=True,
                                        runtime_env={"env_vars": env}, **_colocate_options(v.colocate)).remote(
-                engine_kwargs(spec, base, gpu), tokenizer.eos_token_id) for n in names]
+                engine_kwargs(spec, base, gpu), stop_token_ids(tokenizer, strategy.unwrapped())) for n in names]
             ray.get([a.ready.remote() for a in self.actors])
         else:
             self.actors = [_lookup(n) for n in names]
