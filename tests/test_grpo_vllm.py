@@ -129,3 +129,9 @@ def test_engine_split_and_setup_checks(tmp_path):
         check_vllm_rollout(spec, "cuda")
     spec.grpo.vllm.gpus_per_engine = 1
     check_vllm_rollout(spec, "cuda")
+    spec.grpo.vllm.colocate = True
+    with pytest.raises(ValueError, match="colocate needs CUDA"):
+        check_vllm_rollout(spec, "cpu")
+    with pytest.raises(ValueError, match="supports one training worker"):
+        check_vllm_rollout(spec, "cuda", world_size=2)
+    check_vllm_rollout(spec, "cuda", world_size=1)

@@ -47,12 +47,16 @@ def actor_name(run_name: str, index: int) -> str:
     return f"lexforge-grpo-vllm-{run_name}-{index}"
 
 
-def check_vllm_rollout(spec, device_type: str) -> None:
+def check_vllm_rollout(spec, device_type: str, world_size: int = 1) -> None:
     """Fail fast (setup) on vLLM rollout settings that cannot work here."""
     v = spec.grpo.vllm
     if v.colocate and device_type != "cuda":
         raise ValueError("grpo.vllm.colocate needs CUDA (the engine sleeps on the training GPU between rollout "
                          "phases); set grpo.vllm.colocate=false or train on GPUs")
+    if v.colocate and world_size > 1:
+        raise ValueError("grpo.vllm.colocate shares one training GPU with one engine: it supports one training "
+                         "worker (resources.num_workers=1); with more workers give the engines their own GPUs "
+                         "(grpo.vllm.colocate=false, grpo.vllm.gpus_per_engine>0)")
     if v.gpus_per_engine == 0 and device_type == "cuda" and not v.colocate:
         raise ValueError("grpo.vllm.gpus_per_engine=0 runs the engines on CPU while training on CUDA; give each "
                          "engine GPUs (grpo.vllm.gpus_per_engine) or set grpo.vllm.colocate=true")
@@ -210,7 +214,7 @@ class VLLMRollout:
         import ray
 
         device_type = getattr(device, "type", str(device))
-        check_vllm_rollout(spec, device_type)
+        check_vllm_rollout(spec, device_type, world_size)
         self.spec, self.tok, self.strategy, self.rank, self.world_size = spec, tokenizer, strategy, rank, world_size
         self.is_lora = spec.method in ("lora", "qlora")
         self.colocate = spec.grpo.vllm.colocate
@@ -224,8 +228,8 @@ class VLLMRollout:
             gpus = v.gpus_per_engine if not v.colocate else 0
             cls = _actor_class(gpus)
             env = actor_env(cpu=not gpu)
-            if v.colocate:  # same node and GPU as this worker
-                env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            if v.colocate and "CUDA_VISIBLE_DEVICES" in os.environ:  # this worker's GPU (Ray keeps it: 0-GPU actor)
+                env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
             self.actors = [cls.options(name=n, namespace=NAMESPACE, get_if_exists=True,
                                        runtime_env={"env_vars": env}, **_colocate_options(v.colocate)).remote(
                 engine_kwargs(spec, base, gpu), stop_token_ids(tokenizer, strategy.unwrapped())) for n in names]
