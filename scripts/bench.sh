@@ -16,6 +16,9 @@ $PY bench/bench_data.py --size-mb "${BENCH_DATA_MB:-100}" | tee "$OUT/data.txt"
 echo "== train: tokens/s lexforge packed vs padded vs bare TRL, async vs sync checkpoints, SIGKILL/SIGTERM recovery =="
 $PY bench/bench_train.py --json "$OUT/train.json"
 
+echo "== grpo: lexforge GRPO vs TRL GRPOTrainer (seconds/step, reward after N steps, run-to-run noise) =="
+$PY bench/bench_grpo.py --json "$OUT/grpo.json"
+
 echo "== serve: lexforge (Ray Serve + vLLM) vs bare vLLM server, vLLM vs transformers =="
 $PY bench/bench_serve.py --model tiny --requests 12 --rounds 4 --concurrency 4 --max-tokens 32 --out "$OUT/serve.json"
 

@@ -243,8 +243,10 @@ def run_training(spec: JobSpec, prepared=None, on_progress: Callable[[dict], Non
     ``dataset_digest`` (the train split a flow's sanitize step already prepared), else ``spec.data.train``
     prepared here."""
     from lexforge.models import resolve_model_path
+    from lexforge.train.parent import resolve_parent
 
     validate_for_launch(spec)
+    spec = resolve_parent(spec)  # model.base = run:<name> -> that run's weights; lineage.parent links it
     base = resolve_model_path(spec.model.base)
     data = resolve_train_data(spec, prepared, dataset_digest=dataset_digest)
     records = RunRecords(store_for_spec(spec), spec.name)
