@@ -13,10 +13,10 @@ from tasks.spec import load_job_spec
 
 def _target(spec, model: str) -> tuple[str, str | None]:
     from lexforge import jobs
-    from lexforge.models import resolve_model_path
+    from lexforge.models import spec_base_path
 
     if model == "base":
-        return str(resolve_model_path(spec.model.base)), None
+        return spec_base_path(spec), None
     if model == "champion":
         from lexforge.registry import resolve_servable
 
@@ -24,7 +24,7 @@ def _target(spec, model: str) -> tuple[str, str | None]:
         return str(s.base_model), (str(s.adapter_path) if s.adapter_path else None)
     out = jobs.fetch_output(spec)
     if (out / "adapter_config.json").is_file():
-        return str(resolve_model_path(spec.model.base)), str(out)
+        return spec_base_path(spec), str(out)
     return str(out), None
 
 

@@ -167,3 +167,12 @@ def check_adapter_fits_base(adapter_dir: str | Path, base_dir: str | Path) -> No
     if unmatched:
         raise AdapterMismatch(f"adapter {adapter_dir} adapts modules that {base_dir} does not have "
                               f"({', '.join(sorted(set(unmatched))[:4])}){hint}")
+
+
+def spec_base_path(spec) -> str:
+    """The local directory of ``spec.model.base`` for every reader (training, evaluation, serving, rollouts):
+    a run's output (``run:<name>`` or an output folder) resolves to that run's weights
+    (:func:`lexforge.train.parent.resolve_base`), anything else through :func:`resolve_model_path`."""
+    from lexforge.train.parent import resolve_base
+
+    return resolve_base(spec)[0]

@@ -56,21 +56,23 @@ def test_run_base_resolves_to_merged_parent_with_lineage(tiny_model_dir, tmp_pat
 
     from lexforge.config import load_spec
     from lexforge.train.lineage import build_lineage
-    from lexforge.train.parent import ParentNotReady, resolve_parent
+    from lexforge.train.parent import ParentNotReady, resolve_base
 
     monkeypatch.setenv("LEXFORGE_HOME", str(tmp_path / "home"))
     store = f"storage.root={tmp_path / 'store'}"
     sft = load_spec(EXAMPLE / "sft.yaml", [f"model.base={tiny_model_dir}", store])
     grpo = load_spec(EXAMPLE / "grpo.yaml", [store])
     with pytest.raises(ParentNotReady, match="model.base='run:legal-sft-stage1'.*no completed output"):
-        resolve_parent(grpo)
+        resolve_base(grpo)
     peft_model, parent_lineage = _publish_sft_adapter(tiny_model_dir, sft, tmp_path)
 
-    child = resolve_parent(grpo)
-    assert child.tags["parent_model"] == f"{sft.name}@{sft.spec_hash()}"
-    merged = Path(child.model.base)
+    hash_before = grpo.spec_hash()
+    path, parent = resolve_base(grpo)
+    assert parent == f"{sft.name}@{sft.spec_hash()}"
+    assert grpo.spec_hash() == hash_before and grpo.model.base == "run:legal-sft-stage1"  # the spec is not rewritten
+    merged = Path(path)
     assert merged.is_dir() and not (merged / "adapter_config.json").exists()
-    lineage = build_lineage(child, child.model.base, "e" * 64, "grpo")
+    lineage = build_lineage(grpo, path, "e" * 64, "grpo", parent)
     assert lineage.parent == f"{sft.name}@{sft.spec_hash()}" and lineage.stage == "grpo"
     # the child starts from the parent's weights (base + adapter), not from the parent's base
     ids = torch.tensor([[1, 5, 9, 14, 3]])
@@ -79,10 +81,10 @@ def test_run_base_resolves_to_merged_parent_with_lineage(tiny_model_dir, tmp_pat
         got = AutoModelForCausalLM.from_pretrained(merged).eval()(input_ids=ids).logits
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(base, want, atol=1e-3)
-    assert resolve_parent(grpo).model.base == child.model.base  # merged once, reused
+    assert resolve_base(grpo)[0] == path  # merged once, reused
     # a run's output folder as model.base links the parent the same way; an explicit tag wins
     tagged = load_spec(EXAMPLE / "grpo.yaml", [store, f"model.base={merged}", "tags.parent_model=mine"])
-    assert resolve_parent(tagged).tags["parent_model"] == "mine"
+    assert resolve_base(tagged)[1] == "mine"
     plain = load_spec(EXAMPLE / "grpo.yaml", [store, f"model.base={tiny_model_dir}"])
-    assert resolve_parent(plain) is plain
+    assert resolve_base(plain) == (str(tiny_model_dir), None)
     assert parent_lineage.spec_hash == sft.spec_hash()

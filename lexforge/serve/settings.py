@@ -97,10 +97,10 @@ def settings_from_spec(
     **overrides,
 ) -> ServeSettings:
     """Settings for serving ``spec``'s base model (+ adapters) under ``spec.serve.served_name``."""
-    from lexforge.models import resolve_model_path
+    from lexforge.models import resolve_model_path, spec_base_path
 
     base = base_model or spec.model.base
-    path = resolve_model_path(base)
+    path = resolve_model_path(base) if base_model else spec_base_path(spec)
     base_name = Path(base).name if Path(base).expanduser().is_dir() else base
     if champion is None:
         champion = ChampionSourceConfig(

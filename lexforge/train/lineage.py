@@ -77,13 +77,15 @@ CONTINUABLE = {"hyperparams.max_steps", "hyperparams.epochs", "hyperparams.learn
                "hyperparams.lr_scheduler", "hyperparams.warmup_ratio"}
 
 
-def build_lineage(spec, base_model: str, dataset_digest: str, dataset_format: str) -> Lineage:
+def build_lineage(spec, base_model: str, dataset_digest: str, dataset_format: str,
+                  parent: str | None = None) -> Lineage:
     """The lineage of a fresh run (one open segment from step 1). ``dataset_digest`` is the sha256 of the
-    train split (:class:`lexforge.storage.records.Lineage`)."""
+    train split (:class:`lexforge.storage.records.Lineage`); ``parent`` the run it starts from
+    (:func:`lexforge.train.parent.resolve_base`), else ``tags.parent_model``."""
     return Lineage(
         run_name=spec.name, spec_hash=spec.spec_hash(), dataset_digest=dataset_digest,
         dataset_format=dataset_format, base_model=base_model, method=spec.method, stage=spec.stage,
-        strategy=spec.strategy, code_version=code_version(), parent=spec.tags.get("parent_model") or None,
+        strategy=spec.strategy, code_version=code_version(), parent=parent or spec.tags.get("parent_model") or None,
         training=training_fields(spec), segments=[LineageSegment(spec_hash=spec.spec_hash(), first_step=1)],
     )
 

@@ -1,8 +1,8 @@
 """A run that starts from another run's output: ``model.base: run:<name>`` (or the path of a run's output folder).
 
-:func:`resolve_parent` turns such a spec into one whose ``model.base`` is a local HF model directory and whose
-lineage links the parent: ``tags.parent_model = "<run>@<spec hash>"`` (unless the spec sets it), which
-:func:`lexforge.train.lineage.build_lineage` records as ``Lineage.parent``. A LoRA output is merged into its
+:func:`resolve_base` gives the local HF model directory to train from and the parent (``"<run>@<spec hash>"``,
+unless ``tags.parent_model`` sets it), which :func:`lexforge.train.lineage.build_lineage` records as
+``Lineage.parent``; the spec is not rewritten (its hash stays the same everywhere). A LoRA output is merged into its
 base (once, cached under ``$LEXFORGE_HOME/cache/parents``), so the child trains a new adapter, or all weights,
 on top of the parent's weights. Where the output is stored is :class:`lexforge.storage.records.RunRecords`'.
 """
@@ -59,9 +59,14 @@ def _as_full_model(out: Path, lineage: Lineage) -> Path:
     return dest
 
 
-def resolve_parent(spec):
-    """``spec`` unchanged when its base is not a run output; else a copy with ``model.base`` = the parent's weights
-    as a local model directory and ``tags.parent_model`` = the parent run and spec hash."""
+def resolve_base(spec) -> tuple[str, str | None]:
+    """Where ``model.base`` points, as ``(local model directory, parent)``. ``parent`` is ``"<run>@<spec hash>"``
+    when the base is a run's output (``run:<name>`` or an output folder with ``lineage.json``): the parent's
+    weights, a LoRA adapter merged into its base. The spec itself is left as written, so its hash (which names
+    ``run:<name>``, not a machine's cache path) is the same on every side; ``tags.parent_model`` overrides the
+    recorded parent. A plain base resolves through :func:`lexforge.models.resolve_model_path`."""
+    from lexforge.models import resolve_model_path
+
     base = spec.model.base
     if base.startswith(RUN_PREFIX):
         out, lineage = _run_output(spec, base[len(RUN_PREFIX):])
@@ -69,7 +74,5 @@ def resolve_parent(spec):
         out = Path(base).expanduser().resolve()
         lineage = Lineage.model_validate_json((out / OUTPUT_LINEAGE_NAME).read_bytes())
     else:
-        return spec
-    path = _as_full_model(out, lineage)
-    tags = {**spec.tags, "parent_model": spec.tags.get("parent_model") or parent_ref(lineage)}
-    return spec.model_copy(update={"model": spec.model.model_copy(update={"base": str(path)}), "tags": tags})
+        return resolve_model_path(base), spec.tags.get("parent_model") or None
+    return str(_as_full_model(out, lineage)), spec.tags.get("parent_model") or parent_ref(lineage)

@@ -242,15 +242,13 @@ def run_training(spec: JobSpec, prepared=None, on_progress: Callable[[dict], Non
     The training rows are ``prepared`` (a :class:`lexforge.data.PreparedDataset`), else the stored dataset
     ``dataset_digest`` (the train split a flow's sanitize step already prepared), else ``spec.data.train``
     prepared here."""
-    from lexforge.models import resolve_model_path
-    from lexforge.train.parent import resolve_parent
+    from lexforge.train.parent import resolve_base
 
     validate_for_launch(spec)
-    spec = resolve_parent(spec)  # model.base = run:<name> -> that run's weights; lineage.parent links it
-    base = resolve_model_path(spec.model.base)
+    base, parent = resolve_base(spec)  # model.base = run:<name> -> that run's weights; lineage.parent links it
     data = resolve_train_data(spec, prepared, dataset_digest=dataset_digest)
     records = RunRecords(store_for_spec(spec), spec.name)
-    lineage = build_lineage(spec, base, data.digest, data.format)
+    lineage = build_lineage(spec, base, data.digest, data.format, parent)
     done = records.read_result()
     if done and done.status == "completed" and done.lineage and done.lineage.spec_hash == spec.spec_hash():
         return TrainResult.from_record(spec.name, done, _local_output(records))

@@ -338,9 +338,9 @@ def _policy_base_path(strategy, spec) -> str:
     path = getattr(base.config, "_name_or_path", "") or ""
     if path:
         return path
-    from lexforge.models import resolve_model_path
+    from lexforge.models import spec_base_path
 
-    return resolve_model_path(spec.model.base)
+    return spec_base_path(spec)
 
 
 def _adapter_files(model, state_dict: dict | None) -> dict[str, bytes]:
