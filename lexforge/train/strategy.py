@@ -9,12 +9,10 @@ rank 0 for export. The training loop never branches on the strategy.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.distributed as dist
 
 
 def trainable_params(model) -> list[torch.nn.Parameter]:
