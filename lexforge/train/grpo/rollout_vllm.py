@@ -22,22 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-try:  # the rollout protocol; an identical fallback until lexforge/train/grpo/rollout.py is merged
-    from lexforge.train.grpo.rollout import Rollouts, stop_token_ids
-except ImportError:  # pragma: no cover - removed once lexforge/train/grpo/rollout.py exists
-    from dataclasses import dataclass
-
-    @dataclass
-    class Rollouts:
-        prompt_ids: list[list[int]]
-        completion_ids: list[list[int]]
-        truncated: list[bool]
-
-    def stop_token_ids(tokenizer, model=None) -> list[int]:
-        ids = [tokenizer.eos_token_id]
-        extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        ids += extra if isinstance(extra, list) else [extra]
-        return sorted({i for i in ids if i is not None})
+from lexforge.train.grpo.rollout import Rollouts, stop_token_ids
 
 NAMESPACE = "lexforge"
 ACTOR_LOOKUP_TIMEOUT_S = float(os.environ.get("LEXFORGE_VLLM_ACTOR_TIMEOUT_S", "900"))
