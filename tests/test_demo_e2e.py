@@ -27,12 +27,13 @@ def test_demo_end_to_end(tmp_path):
     try:
         r = subprocess.run(
             [sys.executable, "-m", "lexforge.cli", "demo", "--serve-port", str(serve_port),
-             "--json-out", str(summary_file), "--set", "hyperparams.max_steps=12", "--set", "checkpoint.every_n_steps=6"],
+             "--json-out", str(summary_file), "--set", "hyperparams.max_steps=6", "--set", "checkpoint.every_n_steps=3",
+             "--set", "eval.max_new_tokens=16"],
             env=env, capture_output=True, text=True, timeout=2400)
         assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-8000:])
         summary = json.loads(summary_file.read_text())
-        assert summary["steps"] == 12
-        # the gate decides on evidence (base model as baseline, paired test): 12 steps may or may not be a
+        assert summary["steps"] == 6
+        # the gate decides on evidence (base model as baseline, paired test): 6 steps may or may not be a
         # distinguishable win, so the test checks that what was done follows what the gate decided
         decision = summary["decision"]
         assert decision["reasons"] and summary["promoted"] is decision["promote"]

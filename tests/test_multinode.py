@@ -137,6 +137,9 @@ def test_node_loss_with_notice_loses_no_committed_step_and_a_new_head_resumes_fr
     assert "error" not in box, box.get("error")
     first = box["result"]
     assert first.status == "preempted" and records.latest().step == first.steps  # the notice checkpoint committed
+    latest = records.latest()
+    assert any(f.startswith("dcp/") for f in latest.files) and any(f.startswith("rank_00001") for f in latest.files)
+    assert all(size is not None for size in latest.files.values())  # every rank's state on S3, sizes checked
 
     # the whole cluster is gone (head and driver too): the same command against a fresh cluster resumes from S3
     cluster.stop()
@@ -155,6 +158,8 @@ def test_node_loss_with_notice_loses_no_committed_step_and_a_new_head_resumes_fr
         fresh.stop()
     assert second.status == "completed" and second.resumed_from_step == first.steps
     assert sorted(second.losses) == list(range(first.steps + 1, STEPS + 1))
+    assert second.output_uri.startswith("s3://") and (second.output_dir / "adapter_model.safetensors").is_file()
+    assert _records(spec).has_output()
 
 
 def test_fsdp_elastic_resume_on_fewer_nodes_keeps_the_global_batch(cluster, tiny_model_dir, moto_s3):

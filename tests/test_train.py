@@ -123,17 +123,6 @@ def test_ddp_lora_sft_exact_resume_and_adapter_output(tmp_path, tmp_path_factory
 
 
 @pytest.mark.slow
-def test_ddp_full_sft_exact_resume_and_safetensors(tmp_path, tmp_path_factory, tiny_model_dir, ray_local):
-    _, resumed = check_exact_resume(tmp_path, tmp_path_factory, tiny_model_dir, strategy="ddp", method="full",
-                                    learning_rate=1e-3)
-    out = resumed.output_dir
-    assert not resumed.is_adapter and list(out.glob("*.safetensors")) and (out / "config.json").is_file()
-    from transformers import AutoModelForCausalLM
-
-    AutoModelForCausalLM.from_pretrained(out)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy,method", [("fsdp", "lora"), ("fsdp", "full"), ("deepspeed-zero2", "full"),
                                              ("deepspeed-zero3", "lora")])
 def test_sharded_strategies_exact_resume(strategy, method, tmp_path, tmp_path_factory, tiny_model_dir, ray_local):
@@ -141,3 +130,8 @@ def test_sharded_strategies_exact_resume(strategy, method, tmp_path, tmp_path_fa
     _, resumed = check_exact_resume(tmp_path, tmp_path_factory, tiny_model_dir, strategy=strategy, method=method, **kw)
     files = list(resumed.output_dir.iterdir())
     assert any(f.suffix == ".safetensors" for f in files)
+    if method == "full":  # full weights export as a loadable HF model (DDP's full export is the same writer)
+        from transformers import AutoModelForCausalLM
+
+        assert not resumed.is_adapter and (resumed.output_dir / "config.json").is_file()
+        AutoModelForCausalLM.from_pretrained(resumed.output_dir)
