@@ -38,6 +38,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int, avoid: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1, none in ``avoid``: every socket stays bound until all are picked
+    (separate :func:`free_port` calls can hand out the same port twice)."""
+    held: list[socket.socket] = []
+    try:
+        ports: list[int] = []
+        while len(ports) < n:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+            port = s.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for s in held:
+            s.close()
+
+
 def _corpus() -> list[str]:
     from lexforge.samples import statute_corpus
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lexforge import ray_auth
 from lexforge.procs import bin_path, spawn, stop_group
-from lexforge.testing import free_port
+from lexforge.testing import free_ports
 
 #: Fast failure detection for drills: the GCS declares a node dead after ~3 s without health checks.
 HEAD_ENV = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
@@ -54,12 +54,14 @@ class LocalRayCluster:
     next_ip: int = 2
     gcs_address: str = ""
     dashboard_url: str = ""
+    _used_ports: set[int] = field(default_factory=set)  # every node's ports differ from every other's
 
     def _ports(self) -> list[str]:
-        opts = {"--node-manager-port": free_port(), "--object-manager-port": free_port(),
-                "--metrics-export-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-                "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port()}
-        return [x for k, v in opts.items() for x in (k, str(v))]
+        names = ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
+                 "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port")
+        ports = free_ports(len(names), avoid=self._used_ports)  # distinct, and not another node's
+        self._used_ports.update(ports)
+        return [x for k, v in zip(names, ports) for x in (k, str(v))]
 
     def _node_dirs(self, name: str) -> tuple[Path, Path]:
         # Ray's socket paths must stay short: temp dirs live under /tmp, not under pytest's long tmp paths
@@ -72,11 +74,12 @@ class LocalRayCluster:
         from lexforge.procs import wait_http
 
         temp, local = self._node_dirs("head")
-        gcs, dash = free_port(), free_port()
+        gcs, dash, client = free_ports(3, avoid=self._used_ports)
+        self._used_ports.update((gcs, dash, client))
         log = self.root / "head.log"
         cmd = [bin_path("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
-               "--ray-client-server-port", str(free_port()), "--num-cpus", str(num_cpus), "--disable-usage-stats",
+               "--ray-client-server-port", str(client), "--num-cpus", str(num_cpus), "--disable-usage-stats",
                "--temp-dir", str(temp), *self._ports()]
         proc = spawn(cmd, log, env={**HEAD_ENV, **self.env, "LEXFORGE_NODE_LOCAL_DIR": str(local)})
         self.nodes["head"] = Node("head", proc, temp, local, log, head=True)
@@ -97,19 +100,24 @@ class LocalRayCluster:
             cmd += ["--resources", json.dumps(resources)]
         proc = spawn(cmd, log, env={**self.env, "LEXFORGE_NODE_LOCAL_DIR": str(local)})
         node = self.nodes[name] = Node(name, proc, temp, local, log)
-        self.wait_for_nodes(len(self.alive_nodes()), timeout)
+        self.wait_for_nodes(len(self.alive_nodes()), timeout, starting=node)  # the head is one of them
         return node
 
     def alive_nodes(self) -> list[Node]:
         return [n for n in self.nodes.values() if n.alive]
 
-    def wait_for_nodes(self, count: int, timeout: float = 120.0) -> None:
-        """Until Ray's own view has ``count`` alive nodes."""
+    def wait_for_nodes(self, count: int, timeout: float = 120.0, starting: Node | None = None) -> None:
+        """Until Ray's own view has ``count`` alive nodes (the head is one of them). A ``starting`` node whose
+        ``ray start`` exits meanwhile fails at once, with the end of its log."""
         import json
         import urllib.request
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if starting is not None and not starting.alive:
+                tail = starting.log.read_text(errors="replace")[-2000:] if starting.log.is_file() else ""
+                raise RuntimeError(f"node {starting.name} exited while joining the cluster "
+                                   f"(rc={starting.proc.returncode}); {starting.log}:\n{tail}")
             req = urllib.request.Request(f"{self.dashboard_url}/nodes?view=summary",
                                          headers=ray_auth.http_headers(self.dashboard_url))
             try:

@@ -29,11 +29,11 @@ def cluster(tmp_path, moto_s3, lexforge_home):
 
     c = LocalRayCluster(tmp_path / "cluster", env={"LEXFORGE_S3_ENDPOINT_URL": moto_s3,
                                                    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"})
-    c.start_head(num_cpus=0)
-    c.add_node("node-a", num_cpus=1)
-    c.add_node("node-b", num_cpus=1)
-    os.environ["RAY_ADDRESS"] = c.gcs_address
-    try:
+    try:  # a node that fails to start must not leave the head (or the other node) running
+        c.start_head(num_cpus=0)
+        c.add_node("node-a", num_cpus=1)
+        c.add_node("node-b", num_cpus=1)
+        os.environ["RAY_ADDRESS"] = c.gcs_address
         yield c
     finally:
         if ray.is_initialized():
