@@ -21,7 +21,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,18 +66,10 @@ def trl_run(model: str, work: Path, s: dict, seed: int, reward_fn):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.total, self.t0 = 0.0, None
-
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            self.total += time.perf_counter() - self.t0
+    from hf_timing import step_timer  # bench/ sibling (benches run as scripts)
 
     def trl_reward(prompts, completions, reference, **kw):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
@@ -100,7 +91,7 @@ def trl_run(model: str, work: Path, s: dict, seed: int, reward_fn):
     lora = LoraConfig(r=s["lora_r"], lora_alpha=s["lora_alpha"], lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM")
     tok = AutoTokenizer.from_pretrained(model)
-    timer = StepTimer()
+    timer = step_timer()
     trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32),
                           reward_funcs=[trl_reward], args=cfg, train_dataset=data, processing_class=tok,
                           peft_config=lora, callbacks=[timer])

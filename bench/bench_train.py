@@ -95,20 +95,10 @@ def trl_tokens_per_s(model, rows: list[dict], work: Path, steps: int, threads: i
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    class StepTimer(TrainerCallback):
-        """Sums optimizer-step wall time (like the platform's step_time_s), excluding trainer start-up."""
-
-        def __init__(self):
-            self.total, self.t0 = 0.0, None
-
-        def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            self.total += time.perf_counter() - self.t0
+    from hf_timing import step_timer  # bench/ sibling (benches run as scripts)
 
     class CountingCollator:
         def __init__(self, inner):
@@ -137,7 +127,7 @@ def trl_tokens_per_s(model, rows: list[dict], work: Path, steps: int, threads: i
                     logging_steps=10**6, save_strategy="no", report_to=[], bf16=cuda, fp16=False, use_cpu=not cuda,
                     dataloader_num_workers=0, disable_tqdm=True, seed=0, gradient_checkpointing=False, **kw)
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    timer = StepTimer()
+    timer = step_timer()
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if cuda else torch.float32,
                                                 attn_implementation=attn)
     trainer = SFTTrainer(model=base, args=cfg,
